@@ -1,0 +1,104 @@
+/*
+ * config.h - the configuration file and -L specs, turned into a validated,
+ * immutable forward table.
+ *
+ * Typical use, as in main.c:
+ *
+ *	struct config cfg;
+ *	config_defaults(&cfg);
+ *	config_load_file(&cfg, path, err, sizeof err);   // zero or one file
+ *	config_add_spec(&cfg, "tcp:8080:127.0.0.1:80", err, sizeof err);  // any number
+ *	config_finish(&cfg, err, sizeof err);             // defaults, resolution, overlaps
+ *	...
+ *	config_free(&cfg);
+ *
+ * Every function returns 0 on success and -1 on error, with one line in err
+ * that names where the problem is: "FILE:LINE: forward \"NAME\": reason" for
+ * the file, "-L 'SPEC': reason" for a spec.
+ */
+#ifndef PORTRELAY_CONFIG_H
+#define PORTRELAY_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "portrelay/log.h"
+#include "portrelay/net.h"
+
+enum forward_proto {
+	FORWARD_TCP = 1,
+	FORWARD_UDP = 2,
+	FORWARD_BOTH = FORWARD_TCP | FORWARD_UDP,
+};
+
+#define CONFIG_NAME_MAX 64
+#define CONFIG_HOST_MAX 256
+#define CONFIG_ORIGIN_MAX 512
+
+struct forward {
+	char name[CONFIG_NAME_MAX];        /* from the file, or "tcp:8080" style for -L */
+	enum forward_proto proto;
+	/* Text as written; empty means "use wan_address" until config_finish. */
+	char external_host[CONFIG_HOST_MAX];
+	struct net_addr external_addr;     /* numeric; port field unused (0) */
+	uint16_t external_port_first;
+	uint16_t external_port_last;       /* == first for a single port */
+	char internal_host[CONFIG_HOST_MAX];
+	struct net_addr internal_addr;     /* resolved by config_finish; port 0 */
+	uint16_t internal_port_first;
+	uint16_t internal_port_last;
+	bool enabled;
+	/* Where it came from, for messages: "etc/x.conf:12" or "-L 'tcp:...'". */
+	char origin[CONFIG_ORIGIN_MAX];
+};
+
+struct config {
+	char wan_address[CONFIG_HOST_MAX];  /* default "0.0.0.0" */
+	enum log_level log_level;           /* default info */
+	double tcp_connect_timeout;         /* seconds, default 10 */
+	double tcp_idle_timeout;            /* seconds, 0 = never (default) */
+	double udp_idle_timeout;            /* seconds, default 60 */
+	unsigned udp_max_flows;             /* per forward, default 65536 */
+
+	struct forward *forwards;           /* enabled and disabled, in order */
+	size_t forward_count;
+};
+
+/*
+ * Sets every global setting to its default and empties the table. Not named
+ * config_init: libconfig exports a config_init(config_t *) of its own, and
+ * a second global function of that name would replace it at link time.
+ */
+void config_defaults(struct config *cfg);
+
+/* Frees the table and leaves cfg as config_defaults does. */
+void config_free(struct config *cfg);
+
+/* Reads a libconfig file: global settings and its forwards (appended). */
+int config_load_file(struct config *cfg, const char *path, char *err, size_t err_len);
+
+/* Parses one -L SPEC and appends the forward. */
+int config_add_spec(struct config *cfg, const char *spec, char *err, size_t err_len);
+
+/*
+ * Completes the table once everything is loaded: fills external addresses
+ * from wan_address, resolves internal hosts, rejects overlapping enabled
+ * forwards. After this the table is not modified.
+ */
+int config_finish(struct config *cfg, char *err, size_t err_len);
+
+/* Number of external ports a forward opens (1 for a single port). */
+unsigned forward_port_count(const struct forward *fwd);
+
+/* "tcp", "udp" or "both". */
+const char *forward_proto_name(enum forward_proto proto);
+
+/*
+ * One line describing the forward, as --check prints it:
+ *	ftp  tcp  0.0.0.0:21 -> 192.168.20.142:21
+ *	web  both [::]:30000-30009 -> 192.0.2.10:30000-30009
+ */
+const char *forward_describe(const struct forward *fwd, char *buf, size_t buf_len);
+
+#endif

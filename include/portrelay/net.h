@@ -1,0 +1,77 @@
+/*
+ * net.h - socket helpers: parse and format addresses, resolve host names,
+ * open listening and connecting sockets. Relay code never repeats socket
+ * set-up; it calls these.
+ */
+#ifndef PORTRELAY_NET_H
+#define PORTRELAY_NET_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+/* An IPv4 or IPv6 socket address with its length. */
+struct net_addr {
+	struct sockaddr_storage ss;
+	socklen_t len;
+};
+
+/* Enough for "[ffff:...:ffff%interface]:65535". */
+#define NET_ADDR_STRLEN 80
+
+/* A numeric IPv4 or IPv6 address (no brackets) and a port; -1 if not numeric. */
+int net_addr_parse_ip(const char *text, uint16_t port, struct net_addr *addr_out);
+
+/*
+ * A numeric address or a host name, resolved with getaddrinfo (blocking; for
+ * start-up only). Takes the first address returned. On failure returns -1
+ * and writes the resolver's reason to reason_out.
+ */
+int net_addr_resolve(const char *host, uint16_t port, struct net_addr *addr_out,
+		     char *reason_out, size_t reason_len);
+
+uint16_t net_addr_port(const struct net_addr *addr);
+void net_addr_set_port(struct net_addr *addr, uint16_t port);
+int net_addr_family(const struct net_addr *addr);
+bool net_addr_is_wildcard(const struct net_addr *addr);
+/* Same family and address bytes; ports ignored. */
+bool net_addr_same_ip(const struct net_addr *a, const struct net_addr *b);
+
+/* "192.0.2.1:80" or "[2001:db8::1]:80"; returns buf. */
+const char *net_addr_format(const struct net_addr *addr, char *buf, size_t buf_len);
+/* The address without the port, IPv6 without brackets; returns buf. */
+const char *net_addr_format_ip(const struct net_addr *addr, char *buf, size_t buf_len);
+
+/*
+ * A non-blocking, close-on-exec TCP listener bound to addr. "::" is bound
+ * dual-stack (IPV6_V6ONLY off) so that it serves IPv4 too. Returns the fd,
+ * or -1 with errno set.
+ */
+int net_listen_tcp(const struct net_addr *addr, int backlog);
+
+/*
+ * A non-blocking TCP connect towards addr. Returns the fd (the connection
+ * may still be in progress: wait for writability, then net_socket_error),
+ * or -1 with errno set (for example ECONNREFUSED reported at once, EMFILE).
+ */
+int net_connect_tcp(const struct net_addr *addr);
+
+/*
+ * A non-blocking UDP socket bound to addr. On a wildcard address it asks for
+ * the destination address of each datagram (IP_PKTINFO, IPV6_RECVPKTINFO),
+ * so that replies can leave from the address the client sent to; "::" is
+ * dual-stack. Returns the fd, or -1 with errno set.
+ */
+int net_bind_udp(const struct net_addr *addr);
+
+/* A non-blocking UDP socket connected to addr; -1 with errno set. */
+int net_connect_udp(const struct net_addr *addr);
+
+/* The pending error of a socket (SO_ERROR), 0 if none. */
+int net_socket_error(int fd);
+
+/* Close fd so that the peer sees a reset rather than a FIN (SO_LINGER 0). */
+void net_close_reset(int fd);
+
+#endif

@@ -1,0 +1,77 @@
+/*
+ * relay.h - the context every relay module works in.
+ *
+ * A relay_ctx owns one event_base and everything registered on it: the
+ * listeners, the TCP sessions, their counters. Nothing in the relay code is
+ * global, so that several contexts (one per worker thread) can run side by
+ * side later without locks.
+ */
+#ifndef PORTRELAY_RELAY_H
+#define PORTRELAY_RELAY_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/queue.h>
+#include <sys/time.h>
+
+#include "portrelay/config.h"
+
+struct event_base;
+struct event;
+struct listener_set;
+struct tcp_session;
+struct udp_relay;
+
+TAILQ_HEAD(tcp_session_list, tcp_session);
+
+struct relay_counters {
+	uint64_t tcp_accepted;
+	uint64_t tcp_closed;
+	uint64_t tcp_connect_failed;   /* refused, unreachable, timed out */
+	uint64_t tcp_reset;            /* sessions ended by a reset or socket error */
+	uint64_t tcp_idle_closed;
+	uint64_t accept_fd_exhausted;  /* EMFILE/ENFILE episodes */
+	uint64_t bytes_to_internal;
+	uint64_t bytes_to_client;
+
+	uint64_t udp_flows_created;
+	uint64_t udp_flows_expired;
+	uint64_t udp_datagrams_to_internal;
+	uint64_t udp_datagrams_to_client;
+	uint64_t udp_dropped_table_full;   /* new client while max_flows were open */
+	uint64_t udp_dropped_truncated;    /* larger than the relay's 64 KiB buffer */
+	uint64_t udp_dropped_send;         /* send failed: buffer full, too big, ... */
+	uint64_t udp_refused;              /* ICMP port unreachable from the internal host */
+	uint64_t udp_flow_failed;          /* no socket for a new flow (fds, memory) */
+};
+
+struct relay_ctx {
+	struct event_base *base;
+	const struct config *config;   /* immutable while the loop runs */
+	struct listener_set *listeners;
+	struct udp_relay *udp;
+	struct tcp_session_list sessions;
+	unsigned session_count;
+	struct relay_counters counters;
+	/* Timeouts converted once from the configuration. */
+	struct timeval tcp_connect_timeout;
+	struct timeval tcp_idle_timeout;   /* zero: no idle timeout */
+};
+
+/* Prepares ctx on base for cfg; opens nothing yet. */
+void relay_ctx_init(struct relay_ctx *ctx, struct event_base *base, const struct config *cfg);
+
+/*
+ * Opens every TCP listener and UDP socket of the enabled forwards. On a
+ * bind failure logs the
+ * forward, address:port and reason, and returns -1 (nothing stays open).
+ */
+int relay_ctx_open(struct relay_ctx *ctx);
+
+/* Closes listeners and every session, frees what ctx owns. */
+void relay_ctx_close(struct relay_ctx *ctx);
+
+/* Seconds as a double -> struct timeval. */
+struct timeval relay_seconds_to_timeval(double seconds);
+
+#endif

@@ -1,0 +1,32 @@
+/*
+ * tcp_relay.h - one TCP session: connect to the internal host, relay both
+ * directions with half-close, close.
+ *
+ *   accept -> CONNECTING --ok--> RELAYING --both directions done--> freed
+ *                 \--refused / timeout--> client reset, freed
+ *
+ * A session is created by tcp_session_start and freed in exactly one place,
+ * tcp_session_free, which also unlinks it from its context.
+ */
+#ifndef PORTRELAY_TCP_RELAY_H
+#define PORTRELAY_TCP_RELAY_H
+
+#include <stdint.h>
+
+#include "portrelay/net.h"
+
+struct relay_ctx;
+struct forward;
+struct tcp_session;
+
+/*
+ * Takes ownership of client_fd (non-blocking) accepted on external port
+ * `port` of fwd, and starts connecting to the matching internal port.
+ */
+void tcp_session_start(struct relay_ctx *ctx, const struct forward *fwd, uint16_t port,
+		       int client_fd, const struct net_addr *client_addr);
+
+/* Frees a session without logging, for shutdown. */
+void tcp_session_free(struct tcp_session *session);
+
+#endif

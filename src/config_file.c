@@ -1,0 +1,546 @@
+/*
+ * config_file.c - config_load_file: reads a libconfig file into the global
+ * settings and appends its forwards. Checks what the file alone can tell;
+ * config_finish (config.c) does the rest.
+ */
+#include <libconfig.h>
+
+#include "portrelay/config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "config_internal.h"
+
+/* A flow costs a socket and some memory; beyond this a typo is likelier than intent. */
+#define CONFIG_MAX_FLOWS_LIMIT 16777216LL
+/* Keeps seconds -> struct timeval conversion far from time_t overflow. */
+#define CONFIG_TIMEOUT_LIMIT 1e9
+
+/* ---- names ----------------------------------------------------------- */
+
+/* Names go into single log lines, so no control characters. */
+static const char *config_name_problem(const char *name)
+{
+	if (name[0] == '\0')
+		return "is empty";
+	if (strlen(name) >= CONFIG_NAME_MAX)
+		return "is longer than 63 characters";
+	for (const char *p = name; *p != '\0'; p++) {
+		if (iscntrl((unsigned char)*p))
+			return "contains control characters";
+	}
+	return NULL;
+}
+
+/* ---- the file: settings ------------------------------------------------ */
+
+struct config_file {
+	const char *path;
+	char label[CONFIG_LABEL_MAX];   /* "forward \"ftp\": " while inside a forward */
+	char *err;
+	size_t err_len;
+};
+
+static int config_file_fail(const struct config_file *file, const config_setting_t *setting,
+			    const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* "PATH:LINE" of a setting; settings from an @include name their own file. */
+static void config_file_where(const struct config_file *file, const config_setting_t *setting,
+			      char *buf, size_t len)
+{
+	const char *source = config_setting_source_file(setting);
+
+	snprintf(buf, len, "%s:%u", source != NULL ? source : file->path,
+		 (unsigned)config_setting_source_line(setting));
+}
+
+static int config_file_fail(const struct config_file *file, const config_setting_t *setting,
+			    const char *fmt, ...)
+{
+	char where[CONFIG_ORIGIN_MAX];
+	char reason[CONFIG_REASON_MAX];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(reason, sizeof reason, fmt, ap);
+	va_end(ap);
+	config_file_where(file, setting, where, sizeof where);
+	return config_fail(file->err, file->err_len, where, file->label, "%s", reason);
+}
+
+static bool config_setting_is_integer(const config_setting_t *setting)
+{
+	return config_setting_type(setting) == CONFIG_TYPE_INT ||
+	       config_setting_type(setting) == CONFIG_TYPE_INT64;
+}
+
+static const char *config_file_string(const config_setting_t *setting)
+{
+	if (config_setting_type(setting) != CONFIG_TYPE_STRING)
+		return NULL;
+	return config_setting_get_string(setting);
+}
+
+/* Seconds as an integer or a float: finite, >= 0 (or > 0), and bounded. */
+static int config_file_timeout(const struct config_file *file, const config_setting_t *setting,
+			       const char *key, bool zero_allowed, double *seconds)
+{
+	const char *rule = zero_allowed ? ">= 0" : "> 0";
+	double value;
+
+	if (!config_setting_is_number(setting))
+		return config_file_fail(file, setting, "%s must be a number %s", key, rule);
+	if (config_setting_type(setting) == CONFIG_TYPE_FLOAT)
+		value = config_setting_get_float(setting);
+	else
+		value = (double)config_setting_get_int64(setting);
+	if (!isfinite(value) || value < 0 || (!zero_allowed && value == 0))
+		return config_file_fail(file, setting, "%s must be a number %s, not %g", key,
+					rule, value);
+	if (value > CONFIG_TIMEOUT_LIMIT)
+		return config_file_fail(file, setting, "%s %g is too large (at most %.0f seconds)",
+					key, value, CONFIG_TIMEOUT_LIMIT);
+	*seconds = value;
+	return 0;
+}
+
+static int config_file_wan_address(struct config *cfg, struct config_file *file,
+				   const config_setting_t *setting)
+{
+	const char *text = config_file_string(setting);
+	char bare[CONFIG_HOST_MAX];
+
+	if (text == NULL)
+		return config_file_fail(file, setting, "wan_address must be a string");
+	if (!config_numeric_address(text, bare, sizeof bare))
+		return config_file_fail(file, setting,
+					"wan_address \"%s\" is not a numeric IPv4 or IPv6 address",
+					text);
+	snprintf(cfg->wan_address, sizeof cfg->wan_address, "%s", bare);
+	return 0;
+}
+
+static int config_file_log_level(struct config *cfg, struct config_file *file,
+				 const config_setting_t *setting)
+{
+	const char *text = config_file_string(setting);
+
+	if (text == NULL)
+		return config_file_fail(file, setting,
+					"log_level must be a string: error, warn, info or debug");
+	if (log_level_parse(text, &cfg->log_level) < 0)
+		return config_file_fail(file, setting,
+					"log_level \"%s\" is not one of error, warn, info, debug",
+					text);
+	return 0;
+}
+
+static int config_file_tcp(struct config *cfg, struct config_file *file,
+			   const config_setting_t *group)
+{
+	if (!config_setting_is_group(group))
+		return config_file_fail(file, group, "tcp must be a group { ... }");
+	for (int i = 0; i < config_setting_length(group); i++) {
+		const config_setting_t *setting = config_setting_get_elem(group, (unsigned)i);
+		const char *name = config_setting_name(setting);
+		int rc;
+
+		if (strcmp(name, "connect_timeout") == 0)
+			rc = config_file_timeout(file, setting, "tcp.connect_timeout", false,
+						 &cfg->tcp_connect_timeout);
+		else if (strcmp(name, "idle_timeout") == 0)
+			rc = config_file_timeout(file, setting, "tcp.idle_timeout", true,
+						 &cfg->tcp_idle_timeout);
+		else
+			rc = config_file_fail(file, setting, "unknown field \"tcp.%s\"", name);
+		if (rc < 0)
+			return -1;
+	}
+	return 0;
+}
+
+static int config_file_max_flows(struct config *cfg, struct config_file *file,
+				 const config_setting_t *setting)
+{
+	long long value = config_setting_is_integer(setting) ?
+		config_setting_get_int64(setting) : 0;
+
+	if (value < 1 || value > CONFIG_MAX_FLOWS_LIMIT)
+		return config_file_fail(file, setting,
+					"udp.max_flows must be an integer from 1 to %lld",
+					CONFIG_MAX_FLOWS_LIMIT);
+	cfg->udp_max_flows = (unsigned)value;
+	return 0;
+}
+
+static int config_file_udp(struct config *cfg, struct config_file *file,
+			   const config_setting_t *group)
+{
+	if (!config_setting_is_group(group))
+		return config_file_fail(file, group, "udp must be a group { ... }");
+	for (int i = 0; i < config_setting_length(group); i++) {
+		const config_setting_t *setting = config_setting_get_elem(group, (unsigned)i);
+		const char *name = config_setting_name(setting);
+		int rc;
+
+		if (strcmp(name, "idle_timeout") == 0)
+			rc = config_file_timeout(file, setting, "udp.idle_timeout", true,
+						 &cfg->udp_idle_timeout);
+		else if (strcmp(name, "max_flows") == 0)
+			rc = config_file_max_flows(cfg, file, setting);
+		else
+			rc = config_file_fail(file, setting, "unknown field \"udp.%s\"", name);
+		if (rc < 0)
+			return -1;
+	}
+	return 0;
+}
+
+/* ---- the file: one forward --------------------------------------------- */
+
+/* What a forward's settings told so far, beyond struct forward itself. */
+struct config_forward_fields {
+	struct config_ports external;
+	struct config_ports internal;
+	const config_setting_t *internal_port;   /* NULL: same as external_port */
+	bool has_protocol;
+	bool has_external_port;
+	bool has_internal_ip;
+};
+
+typedef int (*config_forward_field_fn)(struct config_file *file, const config_setting_t *setting,
+				       struct forward *fwd, struct config_forward_fields *fields);
+
+static int config_forward_name(struct config_file *file, const config_setting_t *setting,
+			       struct forward *fwd, struct config_forward_fields *fields)
+{
+	(void)file, (void)setting, (void)fwd, (void)fields;
+	return 0;   /* read first, by config_forward_read_name, to label every message */
+}
+
+static int config_forward_protocol(struct config_file *file, const config_setting_t *setting,
+				   struct forward *fwd, struct config_forward_fields *fields)
+{
+	const char *text = config_file_string(setting);
+
+	if (text == NULL)
+		return config_file_fail(file, setting,
+					"protocol must be a string: tcp, udp or both");
+	if (config_proto_parse(text, &fwd->proto) < 0)
+		return config_file_fail(file, setting,
+					"protocol \"%s\" is not tcp, udp or both", text);
+	fields->has_protocol = true;
+	return 0;
+}
+
+static int config_forward_external_address(struct config_file *file,
+					   const config_setting_t *setting,
+					   struct forward *fwd,
+					   struct config_forward_fields *fields)
+{
+	const char *text = config_file_string(setting);
+
+	(void)fields;
+	if (text == NULL)
+		return config_file_fail(file, setting, "external_address must be a string");
+	if (!config_numeric_address(text, fwd->external_host, sizeof fwd->external_host))
+		return config_file_fail(file, setting,
+					"external_address \"%s\" is not a numeric IPv4 or IPv6 address",
+					text);
+	return 0;
+}
+
+/* A port value in the file: an integer, or a string "N" or "N-M". */
+static int config_file_ports(struct config_file *file, const config_setting_t *setting,
+			     const char *key, struct config_ports *ports)
+{
+	char why[CONFIG_REASON_MAX];
+	int rc;
+
+	if (config_setting_is_integer(setting))
+		rc = config_ports_from_integer(config_setting_get_int64(setting), key, ports, why,
+					       sizeof why);
+	else if (config_setting_type(setting) == CONFIG_TYPE_STRING)
+		rc = config_ports_parse(config_setting_get_string(setting), key, ports, why,
+					sizeof why);
+	else
+		return config_file_fail(file, setting,
+					"%s must be a port number or a range string \"N-M\"", key);
+	if (rc < 0)
+		return config_file_fail(file, setting, "%s", why);
+	return 0;
+}
+
+static int config_forward_external_port(struct config_file *file,
+					const config_setting_t *setting,
+					struct forward *fwd, struct config_forward_fields *fields)
+{
+	(void)fwd;
+	fields->has_external_port = true;
+	return config_file_ports(file, setting, "external_port", &fields->external);
+}
+
+static int config_forward_internal_port(struct config_file *file,
+					const config_setting_t *setting,
+					struct forward *fwd, struct config_forward_fields *fields)
+{
+	(void)fwd;
+	fields->internal_port = setting;
+	return config_file_ports(file, setting, "internal_port", &fields->internal);
+}
+
+static int config_forward_internal_ip(struct config_file *file, const config_setting_t *setting,
+				      struct forward *fwd, struct config_forward_fields *fields)
+{
+	const char *text = config_file_string(setting);
+	const char *problem;
+
+	if (text == NULL)
+		return config_file_fail(file, setting,
+					"internal_ip must be a string: an address or a host name");
+	if (config_copy_unbracketed(text, fwd->internal_host, sizeof fwd->internal_host) < 0)
+		return config_file_fail(file, setting,
+					"internal_ip \"%s\" is too long or has an unmatched bracket",
+					text);
+	problem = config_host_problem(fwd->internal_host);
+	if (problem != NULL)
+		return config_file_fail(file, setting, "internal_ip \"%s\" %s", text, problem);
+	fields->has_internal_ip = true;
+	return 0;
+}
+
+static int config_forward_enabled(struct config_file *file, const config_setting_t *setting,
+				  struct forward *fwd, struct config_forward_fields *fields)
+{
+	(void)fields;
+	if (config_setting_type(setting) != CONFIG_TYPE_BOOL)
+		return config_file_fail(file, setting, "enabled must be true or false");
+	fwd->enabled = config_setting_get_bool(setting) != 0;
+	return 0;
+}
+
+static const struct {
+	const char *name;
+	config_forward_field_fn parse;
+} config_forward_field_table[] = {
+	{ "name", config_forward_name },
+	{ "protocol", config_forward_protocol },
+	{ "external_address", config_forward_external_address },
+	{ "external_port", config_forward_external_port },
+	{ "internal_ip", config_forward_internal_ip },
+	{ "internal_port", config_forward_internal_port },
+	{ "enabled", config_forward_enabled },
+};
+
+static config_forward_field_fn config_forward_field_lookup(const char *name)
+{
+	size_t count = sizeof config_forward_field_table / sizeof config_forward_field_table[0];
+
+	for (size_t i = 0; i < count; i++) {
+		if (strcmp(config_forward_field_table[i].name, name) == 0)
+			return config_forward_field_table[i].parse;
+	}
+	return NULL;
+}
+
+/*
+ * The name comes first, whatever its place in the group, so that every
+ * other message can say which forward it is about.
+ */
+static int config_forward_read_name(struct config_file *file, const config_setting_t *group,
+				    unsigned index, struct forward *fwd)
+{
+	const config_setting_t *setting = config_setting_get_member(group, "name");
+	const char *text;
+	const char *problem;
+
+	snprintf(file->label, sizeof file->label, "forward #%u: ", index);
+	if (setting == NULL)
+		return 0;
+	text = config_file_string(setting);
+	if (text == NULL)
+		return config_file_fail(file, setting, "name must be a string");
+	problem = config_name_problem(text);
+	if (problem != NULL)
+		return config_file_fail(file, setting, "name %s", problem);
+	snprintf(fwd->name, sizeof fwd->name, "%s", text);
+	config_forward_label(fwd, file->label, sizeof file->label);
+	return 0;
+}
+
+/* Required fields, the internal_port default and the width rule. */
+static int config_forward_complete(struct config_file *file, const config_setting_t *group,
+				   struct forward *fwd, struct config_forward_fields *fields)
+{
+	char why[CONFIG_REASON_MAX];
+
+	if (!fields->has_protocol)
+		return config_file_fail(file, group, "protocol is required (tcp, udp or both)");
+	if (!fields->has_external_port)
+		return config_file_fail(file, group, "external_port is required");
+	if (!fields->has_internal_ip)
+		return config_file_fail(file, group, "internal_ip is required");
+	/*
+	 * An omitted internal_port equals external_port, which always passes
+	 * the width rule: a failure below always has an internal_port to name.
+	 */
+	if (fields->internal_port == NULL)
+		fields->internal = fields->external;
+	if (config_forward_set_ports(fwd, &fields->external, "external_port", &fields->internal,
+				     "internal_port", why, sizeof why) < 0)
+		return config_file_fail(file, fields->internal_port, "%s", why);
+	if (fwd->name[0] == '\0')
+		config_default_name(fwd);
+	config_file_where(file, group, fwd->origin, sizeof fwd->origin);
+	return 0;
+}
+
+static int config_file_forward(struct config *cfg, struct config_file *file,
+			       const config_setting_t *group, unsigned index)
+{
+	struct forward fwd;
+	struct config_forward_fields fields = { .internal_port = NULL };
+
+	config_forward_defaults(&fwd);
+	file->label[0] = '\0';
+	if (!config_setting_is_group(group))
+		return config_file_fail(file, group, "forward #%u must be a group { ... }", index);
+	if (config_forward_read_name(file, group, index, &fwd) < 0)
+		return -1;
+	for (int i = 0; i < config_setting_length(group); i++) {
+		const config_setting_t *setting = config_setting_get_elem(group, (unsigned)i);
+		const char *name = config_setting_name(setting);
+		config_forward_field_fn parse = config_forward_field_lookup(name);
+
+		if (parse == NULL)
+			return config_file_fail(file, setting, "unknown field \"%s\"", name);
+		if (parse(file, setting, &fwd, &fields) < 0)
+			return -1;
+	}
+	if (config_forward_complete(file, group, &fwd, &fields) < 0)
+		return -1;
+	if (config_append_forward(cfg, &fwd) < 0)
+		return config_file_fail(file, group, "out of memory");
+	file->label[0] = '\0';
+	return 0;
+}
+
+static int config_file_forwards(struct config *cfg, struct config_file *file,
+				const config_setting_t *list)
+{
+	/* An array cannot hold groups in libconfig, but an empty [] is harmless. */
+	if (!config_setting_is_list(list) && !config_setting_is_array(list))
+		return config_file_fail(file, list,
+					"forwards must be a list of groups: ( { ... }, ... )");
+	for (int i = 0; i < config_setting_length(list); i++) {
+		const config_setting_t *group = config_setting_get_elem(list, (unsigned)i);
+		if (config_file_forward(cfg, file, group, (unsigned)i + 1) < 0)
+			return -1;
+	}
+	return 0;
+}
+
+/* ---- the file: top level ----------------------------------------------- */
+
+typedef int (*config_global_fn)(struct config *cfg, struct config_file *file,
+				const config_setting_t *setting);
+
+static const struct {
+	const char *name;
+	config_global_fn parse;
+} config_global_table[] = {
+	{ "wan_address", config_file_wan_address },
+	{ "log_level", config_file_log_level },
+	{ "tcp", config_file_tcp },
+	{ "udp", config_file_udp },
+	{ "forwards", config_file_forwards },
+};
+
+static int config_file_global(struct config *cfg, struct config_file *file,
+			      const config_setting_t *setting)
+{
+	size_t count = sizeof config_global_table / sizeof config_global_table[0];
+	const char *name = config_setting_name(setting);
+
+	for (size_t i = 0; i < count; i++) {
+		if (strcmp(config_global_table[i].name, name) == 0)
+			return config_global_table[i].parse(cfg, file, setting);
+	}
+	return config_file_fail(file, setting, "unknown field \"%s\"", name);
+}
+
+static int config_file_root(struct config *cfg, struct config_file *file,
+			    const config_setting_t *root)
+{
+	for (int i = 0; i < config_setting_length(root); i++) {
+		if (config_file_global(cfg, file, config_setting_get_elem(root, (unsigned)i)) < 0)
+			return -1;
+	}
+	return 0;
+}
+
+/*
+ * libconfig reports an unreadable file only as "file I/O error"; opening it
+ * first gives the reason (and catches a directory, which opens fine).
+ */
+static int config_file_check_readable(const char *path, char *err, size_t err_len)
+{
+	struct stat st;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	int error = 0;
+
+	if (fd < 0)
+		error = errno;
+	else if (fstat(fd, &st) < 0)
+		error = errno;
+	else if (S_ISDIR(st.st_mode))
+		error = EISDIR;
+	if (fd >= 0)
+		close(fd);
+	if (error != 0)
+		return config_fail(err, err_len, path, "", "cannot read: %s", strerror(error));
+	return 0;
+}
+
+static int config_file_read_error(const config_t *lc, const char *path, char *err,
+				  size_t err_len)
+{
+	const char *source = config_error_file(lc);
+	const char *text = config_error_text(lc) != NULL ? config_error_text(lc) : "unknown error";
+	char where[CONFIG_ORIGIN_MAX];
+
+	if (config_error_type(lc) == CONFIG_ERR_FILE_IO)
+		return config_fail(err, err_len, path, "", "cannot read: %s", text);
+	snprintf(where, sizeof where, "%s:%d", source != NULL ? source : path,
+		 config_error_line(lc));
+	return config_fail(err, err_len, where, "", "syntax error: %s", text);
+}
+
+int config_load_file(struct config *cfg, const char *path, char *err, size_t err_len)
+{
+	struct config_file file = { .path = path, .err = err, .err_len = err_len };
+	size_t count_before = cfg->forward_count;
+	config_t lc;
+	int rc;
+
+	if (config_file_check_readable(path, err, err_len) < 0)
+		return -1;
+	config_init(&lc);
+	if (config_read_file(&lc, path) != CONFIG_TRUE)
+		rc = config_file_read_error(&lc, path, err, err_len);
+	else
+		rc = config_file_root(cfg, &file, config_root_setting(&lc));
+	/* Every string was copied out; nothing points into lc any more. */
+	config_destroy(&lc);
+	if (rc < 0)
+		cfg->forward_count = count_before;   /* a bad file adds no forwards */
+	return rc;
+}

@@ -1,0 +1,228 @@
+/*
+ * net.c - socket helpers: address parsing and formatting, resolution,
+ * listening and connecting sockets.
+ */
+#include "portrelay/net.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+static void net_addr_from_sockaddr(struct net_addr *addr, const struct sockaddr *sa, socklen_t len)
+{
+	memset(addr, 0, sizeof *addr);
+	memcpy(&addr->ss, sa, len);
+	addr->len = len;
+}
+
+int net_addr_parse_ip(const char *text, uint16_t port, struct net_addr *addr_out)
+{
+	struct sockaddr_in sin = { .sin_family = AF_INET, .sin_port = htons(port) };
+	struct sockaddr_in6 sin6 = { .sin6_family = AF_INET6, .sin6_port = htons(port) };
+
+	if (inet_pton(AF_INET, text, &sin.sin_addr) == 1) {
+		net_addr_from_sockaddr(addr_out, (struct sockaddr *)&sin, sizeof sin);
+		return 0;
+	}
+	if (inet_pton(AF_INET6, text, &sin6.sin6_addr) == 1) {
+		net_addr_from_sockaddr(addr_out, (struct sockaddr *)&sin6, sizeof sin6);
+		return 0;
+	}
+	return -1;
+}
+
+int net_addr_resolve(const char *host, uint16_t port, struct net_addr *addr_out,
+		     char *reason_out, size_t reason_len)
+{
+	if (net_addr_parse_ip(host, port, addr_out) == 0)
+		return 0;
+
+	struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM };
+	struct addrinfo *found = NULL;
+	int rc = getaddrinfo(host, NULL, &hints, &found);
+	if (rc != 0 || found == NULL) {
+		snprintf(reason_out, reason_len, "%s", rc != 0 ? gai_strerror(rc) : "no address");
+		return -1;
+	}
+	net_addr_from_sockaddr(addr_out, found->ai_addr, found->ai_addrlen);
+	net_addr_set_port(addr_out, port);
+	freeaddrinfo(found);
+	return 0;
+}
+
+int net_addr_family(const struct net_addr *addr)
+{
+	return addr->ss.ss_family;
+}
+
+uint16_t net_addr_port(const struct net_addr *addr)
+{
+	if (addr->ss.ss_family == AF_INET)
+		return ntohs(((const struct sockaddr_in *)&addr->ss)->sin_port);
+	if (addr->ss.ss_family == AF_INET6)
+		return ntohs(((const struct sockaddr_in6 *)&addr->ss)->sin6_port);
+	return 0;
+}
+
+void net_addr_set_port(struct net_addr *addr, uint16_t port)
+{
+	if (addr->ss.ss_family == AF_INET)
+		((struct sockaddr_in *)&addr->ss)->sin_port = htons(port);
+	else if (addr->ss.ss_family == AF_INET6)
+		((struct sockaddr_in6 *)&addr->ss)->sin6_port = htons(port);
+}
+
+bool net_addr_is_wildcard(const struct net_addr *addr)
+{
+	if (addr->ss.ss_family == AF_INET)
+		return ((const struct sockaddr_in *)&addr->ss)->sin_addr.s_addr == htonl(INADDR_ANY);
+	if (addr->ss.ss_family == AF_INET6)
+		return IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *)&addr->ss)->sin6_addr);
+	return false;
+}
+
+bool net_addr_same_ip(const struct net_addr *a, const struct net_addr *b)
+{
+	if (a->ss.ss_family != b->ss.ss_family)
+		return false;
+	if (a->ss.ss_family == AF_INET)
+		return ((const struct sockaddr_in *)&a->ss)->sin_addr.s_addr ==
+		       ((const struct sockaddr_in *)&b->ss)->sin_addr.s_addr;
+	if (a->ss.ss_family == AF_INET6)
+		return IN6_ARE_ADDR_EQUAL(&((const struct sockaddr_in6 *)&a->ss)->sin6_addr,
+					  &((const struct sockaddr_in6 *)&b->ss)->sin6_addr);
+	return false;
+}
+
+const char *net_addr_format_ip(const struct net_addr *addr, char *buf, size_t buf_len)
+{
+	const void *ip = NULL;
+	if (addr->ss.ss_family == AF_INET)
+		ip = &((const struct sockaddr_in *)&addr->ss)->sin_addr;
+	else if (addr->ss.ss_family == AF_INET6)
+		ip = &((const struct sockaddr_in6 *)&addr->ss)->sin6_addr;
+	if (ip == NULL || inet_ntop(addr->ss.ss_family, ip, buf, (socklen_t)buf_len) == NULL)
+		snprintf(buf, buf_len, "?");
+	return buf;
+}
+
+const char *net_addr_format(const struct net_addr *addr, char *buf, size_t buf_len)
+{
+	char ip[INET6_ADDRSTRLEN];
+	net_addr_format_ip(addr, ip, sizeof ip);
+	if (addr->ss.ss_family == AF_INET6)
+		snprintf(buf, buf_len, "[%s]:%u", ip, net_addr_port(addr));
+	else
+		snprintf(buf, buf_len, "%s:%u", ip, net_addr_port(addr));
+	return buf;
+}
+
+int net_listen_tcp(const struct net_addr *addr, int backlog)
+{
+	int fd = socket(addr->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -1;
+
+	int on = 1;
+	/* Restarting must not wait for TIME_WAIT connections of the last run. */
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+	if (addr->ss.ss_family == AF_INET6) {
+		/* "::" serves IPv4 too; a specific IPv6 address serves only itself. */
+		int v6only = net_addr_is_wildcard(addr) ? 0 : 1;
+		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof v6only);
+	}
+	if (bind(fd, (const struct sockaddr *)&addr->ss, addr->len) < 0 ||
+	    listen(fd, backlog) < 0) {
+		int saved = errno;
+		close(fd);
+		errno = saved;
+		return -1;
+	}
+	return fd;
+}
+
+int net_connect_tcp(const struct net_addr *addr)
+{
+	int fd = socket(addr->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -1;
+
+	int on = 1;
+	/* The relay forwards what it has at once; Nagle would only add delay. */
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
+	if (connect(fd, (const struct sockaddr *)&addr->ss, addr->len) < 0 &&
+	    errno != EINPROGRESS) {
+		int saved = errno;
+		close(fd);
+		errno = saved;
+		return -1;
+	}
+	return fd;
+}
+
+int net_socket_error(int fd)
+{
+	int error = 0;
+	socklen_t len = sizeof error;
+	if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &len) < 0)
+		return errno;
+	return error;
+}
+
+void net_close_reset(int fd)
+{
+	struct linger linger = { .l_onoff = 1, .l_linger = 0 };
+	setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, sizeof linger);
+	close(fd);
+}
+
+int net_bind_udp(const struct net_addr *addr)
+{
+	int fd = socket(addr->ss.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -1;
+
+	int on = 1;
+	bool wildcard = net_addr_is_wildcard(addr);
+	if (addr->ss.ss_family == AF_INET6) {
+		int v6only = wildcard ? 0 : 1;
+		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof v6only);
+	}
+	/*
+	 * On a wildcard bind a multi-homed host must answer from the address
+	 * the client sent to, or the client drops the reply. "::" also gets
+	 * IPv4 datagrams, whose destination comes as IP_PKTINFO.
+	 */
+	if (wildcard && (setsockopt(fd, IPPROTO_IP, IP_PKTINFO, &on, sizeof on) < 0 ||
+			 (addr->ss.ss_family == AF_INET6 &&
+			  setsockopt(fd, IPPROTO_IPV6, IPV6_RECVPKTINFO, &on, sizeof on) < 0)))
+		goto fail;
+	if (bind(fd, (const struct sockaddr *)&addr->ss, addr->len) < 0)
+		goto fail;
+	return fd;
+fail:;
+	int saved = errno;
+	close(fd);
+	errno = saved;
+	return -1;
+}
+
+int net_connect_udp(const struct net_addr *addr)
+{
+	int fd = socket(addr->ss.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -1;
+	if (connect(fd, (const struct sockaddr *)&addr->ss, addr->len) < 0) {
+		int saved = errno;
+		close(fd);
+		errno = saved;
+		return -1;
+	}
+	return fd;
+}

@@ -1,0 +1,53 @@
+/*
+ * relay.c - the relay context: what one event loop owns.
+ */
+#include "portrelay/relay.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "portrelay/listener.h"
+#include "portrelay/log.h"
+#include "portrelay/tcp_relay.h"
+#include "portrelay/udp_relay.h"
+
+struct timeval relay_seconds_to_timeval(double seconds)
+{
+	struct timeval tv = { 0, 0 };
+	if (seconds > 0) {
+		double whole = floor(seconds);
+		tv.tv_sec = (time_t)whole;
+		tv.tv_usec = (suseconds_t)((seconds - whole) * 1e6);
+	}
+	return tv;
+}
+
+void relay_ctx_init(struct relay_ctx *ctx, struct event_base *base, const struct config *cfg)
+{
+	memset(ctx, 0, sizeof *ctx);
+	ctx->base = base;
+	ctx->config = cfg;
+	TAILQ_INIT(&ctx->sessions);
+	ctx->tcp_connect_timeout = relay_seconds_to_timeval(cfg->tcp_connect_timeout);
+	ctx->tcp_idle_timeout = relay_seconds_to_timeval(cfg->tcp_idle_timeout);
+}
+
+int relay_ctx_open(struct relay_ctx *ctx)
+{
+	ctx->listeners = listener_set_open(ctx);
+	if (ctx->listeners == NULL)
+		return -1;
+	ctx->udp = udp_relay_open(ctx);
+	return ctx->udp != NULL ? 0 : -1;
+}
+
+void relay_ctx_close(struct relay_ctx *ctx)
+{
+	listener_set_free(ctx->listeners);
+	ctx->listeners = NULL;
+	udp_relay_free(ctx->udp);
+	ctx->udp = NULL;
+	struct tcp_session *session;
+	while ((session = TAILQ_FIRST(&ctx->sessions)) != NULL)
+		tcp_session_free(session);
+}

@@ -1,0 +1,339 @@
+/*
+ * tcp_relay.c - one TCP session: connect to the internal host, relay both
+ * directions with half-close, close.
+ *
+ * Each direction is a pump (pump.h). A direction ends when its source sent
+ * EOF and every byte was delivered; then the write side of its destination
+ * is shut down, and the other direction carries on. The session ends when
+ * both directions have ended, or at once on a reset or socket error from
+ * either side, which is passed on as a reset to the other side.
+ */
+#include "portrelay/tcp_relay.h"
+
+#include <errno.h>
+#include <event2/event.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "portrelay/config.h"
+#include "portrelay/listener.h"
+#include "portrelay/log.h"
+#include "portrelay/pump.h"
+#include "portrelay/relay.h"
+
+enum session_state {
+	SESSION_CONNECTING,
+	SESSION_RELAYING,
+};
+
+/* One socket of the session and the readiness it currently waits for. */
+struct endpoint {
+	int fd;
+	struct event *event;
+	short interest;   /* EV_READ | EV_WRITE, or 0 */
+};
+
+struct tcp_session {
+	TAILQ_ENTRY(tcp_session) link;
+	struct relay_ctx *ctx;
+	const struct forward *forward;
+	enum session_state state;
+	struct endpoint client;
+	struct endpoint internal;
+	struct pump to_internal;          /* client -> internal */
+	struct pump to_client;            /* internal -> client */
+	enum pump_status to_internal_status;
+	enum pump_status to_client_status;
+	struct event *timer;              /* connect timeout, then idle timeout */
+	struct net_addr client_addr;
+	struct net_addr internal_addr;
+	struct timeval started;
+	struct timeval last_active;
+};
+
+static void session_on_socket(evutil_socket_t fd, short what, void *arg);
+static void session_on_timer(evutil_socket_t fd, short what, void *arg);
+
+static double timeval_seconds(const struct timeval *tv)
+{
+	return (double)tv->tv_sec + (double)tv->tv_usec / 1e6;
+}
+
+/* Changes what an endpoint waits for; libevent batches the epoll updates. */
+static void endpoint_watch(struct tcp_session *session, struct endpoint *endpoint, short interest)
+{
+	if (endpoint->interest == interest)
+		return;
+	event_del(endpoint->event);
+	event_assign(endpoint->event, session->ctx->base, endpoint->fd, interest | EV_PERSIST,
+		     session_on_socket, session);
+	if (interest != 0)
+		event_add(endpoint->event, NULL);
+	endpoint->interest = interest;
+}
+
+static void endpoint_close(struct endpoint *endpoint, bool reset)
+{
+	if (endpoint->event != NULL)
+		event_free(endpoint->event);
+	if (endpoint->fd >= 0) {
+		if (reset)
+			net_close_reset(endpoint->fd);
+		else
+			close(endpoint->fd);
+	}
+	endpoint->event = NULL;
+	endpoint->fd = -1;
+}
+
+static void session_close(struct tcp_session *session, bool reset_client, bool reset_internal)
+{
+	struct relay_ctx *ctx = session->ctx;
+
+	TAILQ_REMOVE(&ctx->sessions, session, link);
+	ctx->session_count--;
+	ctx->counters.tcp_closed++;
+	ctx->counters.bytes_to_internal += session->to_internal.bytes;
+	ctx->counters.bytes_to_client += session->to_client.bytes;
+
+	endpoint_close(&session->client, reset_client);
+	endpoint_close(&session->internal, reset_internal);
+	if (session->timer != NULL)
+		event_free(session->timer);
+	pump_release(&session->to_internal);
+	pump_release(&session->to_client);
+	free(session);
+}
+
+void tcp_session_free(struct tcp_session *session)
+{
+	session_close(session, false, false);
+}
+
+/* Logs the session's summary at debug level, then frees it. */
+static void session_end(struct tcp_session *session, const char *reason, bool reset_client,
+			bool reset_internal)
+{
+	if (log_enabled(LOG_LEVEL_DEBUG)) {
+		char client[NET_ADDR_STRLEN], internal[NET_ADDR_STRLEN];
+		struct timeval now, elapsed;
+		event_base_gettimeofday_cached(session->ctx->base, &now);
+		timersub(&now, &session->started, &elapsed);
+		log_debug(session->forward->name,
+			  "tcp closed %s -> %s: %llu bytes to internal, %llu bytes to client, "
+			  "%.3f s, %s",
+			  net_addr_format(&session->client_addr, client, sizeof client),
+			  net_addr_format(&session->internal_addr, internal, sizeof internal),
+			  (unsigned long long)session->to_internal.bytes,
+			  (unsigned long long)session->to_client.bytes, timeval_seconds(&elapsed),
+			  reason);
+	}
+	session_close(session, reset_client, reset_internal);
+}
+
+/*
+ * A socket error on one direction: the side that failed is gone (or reset
+ * us), so the other side gets a reset too, as it would from the peer itself.
+ */
+static void session_fail(struct tcp_session *session, const struct pump *pump)
+{
+	bool from_client = (pump == &session->to_internal) != pump->error_at_dest;
+	session->ctx->counters.tcp_reset++;
+	if (pump->error == ECONNRESET || pump->error == EPIPE)
+		session_end(session, from_client ? "reset by client" : "reset by internal",
+			    !from_client, from_client);
+	else {
+		char reason[128];
+		snprintf(reason, sizeof reason, "%s error: %s", from_client ? "client" : "internal",
+			 strerror(pump->error));
+		session_end(session, reason, !from_client, from_client);
+	}
+}
+
+/* Sets both endpoints' interest from what each direction waits for. */
+static void session_update_interest(struct tcp_session *session)
+{
+	short client = 0, internal = 0;
+
+	if (session->to_internal_status == PUMP_WANT_READ)
+		client |= EV_READ;
+	else if (session->to_internal_status == PUMP_WANT_WRITE)
+		internal |= EV_WRITE;
+	if (session->to_client_status == PUMP_WANT_READ)
+		internal |= EV_READ;
+	else if (session->to_client_status == PUMP_WANT_WRITE)
+		client |= EV_WRITE;
+	endpoint_watch(session, &session->client, client);
+	endpoint_watch(session, &session->internal, internal);
+}
+
+/* Runs one direction; returns false when the session was freed. */
+static bool session_pump(struct tcp_session *session, struct pump *pump,
+			 enum pump_status *status, int source_fd, int dest_fd)
+{
+	if (*status == PUMP_DONE)
+		return true;
+	uint64_t before = pump->bytes;
+	*status = pump_run(pump, source_fd, dest_fd);
+	if (pump->bytes != before || *status == PUMP_DONE)
+		event_base_gettimeofday_cached(session->ctx->base, &session->last_active);
+	if (*status == PUMP_ERROR) {
+		session_fail(session, pump);
+		return false;
+	}
+	if (*status == PUMP_DONE)
+		/* Half-close: pass the FIN on; the other direction keeps going. */
+		shutdown(dest_fd, SHUT_WR);
+	return true;
+}
+
+static void session_relay(struct tcp_session *session, short client_events, short internal_events)
+{
+	int client_fd = session->client.fd, internal_fd = session->internal.fd;
+
+	if ((client_events & EV_READ) || (internal_events & EV_WRITE)) {
+		if (!session_pump(session, &session->to_internal, &session->to_internal_status,
+				  client_fd, internal_fd))
+			return;
+	}
+	if ((internal_events & EV_READ) || (client_events & EV_WRITE)) {
+		if (!session_pump(session, &session->to_client, &session->to_client_status,
+				  internal_fd, client_fd))
+			return;
+	}
+	if (session->to_internal_status == PUMP_DONE && session->to_client_status == PUMP_DONE) {
+		session_end(session, "closed", false, false);
+		return;
+	}
+	session_update_interest(session);
+}
+
+static void session_arm_idle_timer(struct tcp_session *session, const struct timeval *delay)
+{
+	if (timerisset(&session->ctx->tcp_idle_timeout))
+		event_add(session->timer, delay);
+	else
+		event_del(session->timer);
+}
+
+static void session_connected(struct tcp_session *session)
+{
+	int error = net_socket_error(session->internal.fd);
+	if (error != 0) {
+		session->ctx->counters.tcp_connect_failed++;
+		char reason[128];
+		if (error == ECONNREFUSED)
+			snprintf(reason, sizeof reason, "connect refused");
+		else
+			snprintf(reason, sizeof reason, "connect failed: %s", strerror(error));
+		session_end(session, reason, true, false);
+		return;
+	}
+	session->state = SESSION_RELAYING;
+	event_base_gettimeofday_cached(session->ctx->base, &session->last_active);
+	session_arm_idle_timer(session, &session->ctx->tcp_idle_timeout);
+	/* The client may have sent already: try at once, then wait for readiness. */
+	session_relay(session, EV_READ, EV_READ);
+}
+
+static void session_on_socket(evutil_socket_t fd, short what, void *arg)
+{
+	struct tcp_session *session = arg;
+
+	if (session->state == SESSION_CONNECTING) {
+		session_connected(session);
+		return;
+	}
+	if (fd == session->client.fd)
+		session_relay(session, what, 0);
+	else
+		session_relay(session, 0, what);
+}
+
+static void session_on_timer(evutil_socket_t fd, short what, void *arg)
+{
+	struct tcp_session *session = arg;
+	(void)fd;
+	(void)what;
+
+	if (session->state == SESSION_CONNECTING) {
+		session->ctx->counters.tcp_connect_failed++;
+		session_end(session, "connect timeout", true, true);
+		return;
+	}
+	/*
+	 * The timer is not re-armed on every byte (that would cost a heap update
+	 * per read); it fires once per period and checks when traffic last moved.
+	 */
+	struct timeval now, idle, remaining;
+	event_base_gettimeofday_cached(session->ctx->base, &now);
+	timersub(&now, &session->last_active, &idle);
+	if (timercmp(&idle, &session->ctx->tcp_idle_timeout, >=)) {
+		session->ctx->counters.tcp_idle_closed++;
+		session_end(session, "idle timeout", false, false);
+		return;
+	}
+	timersub(&session->ctx->tcp_idle_timeout, &idle, &remaining);
+	session_arm_idle_timer(session, &remaining);
+}
+
+static struct tcp_session *session_new(struct relay_ctx *ctx, const struct forward *fwd,
+				       int client_fd, const struct net_addr *client_addr)
+{
+	struct tcp_session *session = calloc(1, sizeof *session);
+	if (session == NULL)
+		return NULL;
+	session->ctx = ctx;
+	session->forward = fwd;
+	session->client_addr = *client_addr;
+	session->client.fd = client_fd;
+	session->internal.fd = -1;
+	pump_init(&session->to_internal);
+	pump_init(&session->to_client);
+	session->client.event = event_new(ctx->base, -1, 0, session_on_socket, session);
+	session->internal.event = event_new(ctx->base, -1, 0, session_on_socket, session);
+	session->timer = evtimer_new(ctx->base, session_on_timer, session);
+	event_base_gettimeofday_cached(ctx->base, &session->started);
+	TAILQ_INSERT_TAIL(&ctx->sessions, session, link);
+	ctx->session_count++;
+	if (session->client.event == NULL || session->internal.event == NULL ||
+	    session->timer == NULL) {
+		session_close(session, true, false);
+		return NULL;
+	}
+	return session;
+}
+
+void tcp_session_start(struct relay_ctx *ctx, const struct forward *fwd, uint16_t port,
+		       int client_fd, const struct net_addr *client_addr)
+{
+	ctx->counters.tcp_accepted++;
+	struct tcp_session *session = session_new(ctx, fwd, client_fd, client_addr);
+	if (session == NULL) {
+		log_warn(fwd->name, "out of memory for a new connection; closing it");
+		return;
+	}
+
+	session->internal_addr = fwd->internal_addr;
+	net_addr_set_port(&session->internal_addr,
+			  (uint16_t)(fwd->internal_port_first + (port - fwd->external_port_first)));
+	session->internal.fd = net_connect_tcp(&session->internal_addr);
+	if (session->internal.fd < 0) {
+		int error = errno;
+		ctx->counters.tcp_connect_failed++;
+		if (error == EMFILE || error == ENFILE)
+			listener_set_pause_for_fds(ctx->listeners);
+		char reason[128];
+		if (error == ECONNREFUSED)
+			snprintf(reason, sizeof reason, "connect refused");
+		else
+			snprintf(reason, sizeof reason, "connect failed: %s", strerror(error));
+		session_end(session, reason, true, false);
+		return;
+	}
+	session->state = SESSION_CONNECTING;
+	endpoint_watch(session, &session->internal, EV_WRITE);
+	event_add(session->timer, &ctx->tcp_connect_timeout);
+}

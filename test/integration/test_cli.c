@@ -1,0 +1,287 @@
+/*
+ * test_cli.c - the command line as a user meets it: --check, a port that is
+ * already taken, usage errors, and a clean exit on SIGTERM/SIGINT with
+ * connections open.
+ */
+#include "harness.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Spawns the relay (not waiting for ready) with the config text and args after "-c FILE". */
+static void spawn_with(struct fx *fx, const char *config_text, const char *const *extra)
+{
+	fx_require_relay();
+	if (!fx->relay_inited) {
+		relay_init(&fx->relay);
+		fx->relay_inited = true;
+	}
+	const char *path = relay_write_config(&fx->relay, config_text);
+	assert_non_null(path);
+	const char *args[16] = { "-c", path };
+	int n = 2;
+	for (int i = 0; extra && extra[i] && n < 15; i++)
+		args[n++] = extra[i];
+	args[n] = NULL;
+	if (relay_spawn(&fx->relay, args) != 0)
+		fail_msg("cannot spawn the relay: %s", strerror(errno));
+}
+
+static int wait_exit_or_fail(struct fx *fx, int timeout_ms)
+{
+	int code = relay_wait_exit(&fx->relay, timeout_ms);
+	if (code < 0)
+		fail_with_log(fx, "relay still running after %d ms", timeout_ms);
+	return code;
+}
+
+static unsigned count_lines(const char *s)
+{
+	unsigned n = 0;
+	const char *p = s;
+	while (*p) {
+		const char *nl = strchr(p, '\n');
+		size_t len = nl ? (size_t)(nl - p) : strlen(p);
+		bool blank = true;
+		for (size_t i = 0; i < len; i++)
+			if (p[i] != ' ' && p[i] != '\t' && p[i] != '\r')
+				blank = false;
+		if (!blank)
+			n++;
+		if (!nl)
+			break;
+		p = nl + 1;
+	}
+	return n;
+}
+
+/* ---- 9. --check -------------------------------------------------------------------- */
+
+static const char good_config[] =
+	"# three forwards, one disabled\n"
+	"tcp = { connect_timeout = 2.0; idle_timeout = 0.0; };\n"
+	"forwards = (\n"
+	"  { name = \"alpha\"; protocol = \"tcp\"; external_address = \"127.0.0.1\";\n"
+	"    external_port = 20001; internal_ip = \"127.0.0.1\"; internal_port = 30001; },\n"
+	"  { name = \"beta\"; protocol = \"tcp\"; external_address = \"127.0.0.1\";\n"
+	"    external_port = \"20010-20019\"; internal_ip = \"127.0.0.1\";\n"
+	"    internal_port = \"30010-30019\"; },\n"
+	"  { name = \"gamma\"; protocol = \"tcp\"; external_address = \"127.0.0.1\";\n"
+	"    external_port = 20002; internal_ip = \"127.0.0.1\"; internal_port = 30002;\n"
+	"    enabled = false; }\n"
+	");\n";
+
+static void test_check_good_file_lists_enabled_forwards(void **state)
+{
+	struct fx *fx = *state;
+	const char *extra[] = { "--check", NULL };
+	spawn_with(fx, good_config, extra);
+	int code = wait_exit_or_fail(fx, 10000 * hang_scale());
+	char *out = relay_out_copy(&fx->relay);
+	fprintf(stderr, "--check stdout:\n%s", out);
+	if (code != 0) {
+		free(out);
+		fail_with_log(fx, "--check on a valid file exited %d, expected 0", code);
+	}
+	unsigned lines = count_lines(out);
+	bool alpha = strstr(out, "alpha") != NULL, beta = strstr(out, "beta") != NULL;
+	bool gamma = strstr(out, "gamma") != NULL;
+	free(out);
+	if (lines != 2)
+		fail_with_log(fx, "--check printed %u lines, expected 2 (one per enabled forward)", lines);
+	assert_true(alpha);
+	assert_true(beta);
+	assert_false(gamma);
+}
+
+static const char bad_config[] =
+	"# line 5 holds a port out of range\n"
+	"tcp = { connect_timeout = 2.0; };\n"
+	"forwards = (\n"
+	"  { name = \"good\"; protocol = \"tcp\"; external_address = \"127.0.0.1\"; external_port = 20001; internal_ip = \"127.0.0.1\"; internal_port = 30001; },\n"
+	"  { name = \"bad\"; protocol = \"tcp\"; external_address = \"127.0.0.1\"; external_port = 70000; internal_ip = \"127.0.0.1\"; internal_port = 30002; }\n"
+	");\n";
+
+static void test_check_bad_file_names_file_and_line(void **state)
+{
+	struct fx *fx = *state;
+	const char *extra[] = { "-t", NULL };
+	spawn_with(fx, bad_config, extra);
+	int code = wait_exit_or_fail(fx, 10000 * hang_scale());
+	if (code != 1)
+		fail_with_log(fx, "--check on an invalid file exited %d, expected 1", code);
+	char where[256];
+	snprintf(where, sizeof where, "%s:5:", fx->relay.config_path);
+	if (!relay_log_contains(&fx->relay, where))
+		fail_with_log(fx, "stderr does not contain '%s'", where);
+}
+
+/* ---- 10. port in use ----------------------------------------------------------------- */
+
+static void test_port_in_use_exits_1_with_reason(void **state)
+{
+	struct fx *fx = *state;
+	fx_require_relay();
+	int held = -1;
+	uint16_t port = 0;
+	for (int attempt = 0; attempt < 20 && held < 0; attempt++) {
+		if (port_block_find(1, PORTS_V4, &port) != 0)
+			continue;
+		held = sock_listen(AF_INET, port, 16);
+	}
+	assert_true(held >= 0);
+
+	char *t = NULL;
+	assert_true(asprintf(&t,
+			     "forwards = (\n"
+			     "  { name = \"taken\"; protocol = \"tcp\"; external_address = \"127.0.0.1\";\n"
+			     "    external_port = %u; internal_ip = \"127.0.0.1\"; internal_port = %u; }\n"
+			     ");\n",
+			     port, port) > 0);
+	const char *extra[] = { "-l", "debug", NULL };
+	spawn_with(fx, t, extra);
+	free(t);
+	if (relay_wait_ready(&fx->relay, 20000 * hang_scale()) == 0) {
+		close(held);
+		fail_with_log(fx, "relay became ready although 127.0.0.1:%u is taken", port);
+	}
+	int code = wait_exit_or_fail(fx, 10000 * hang_scale());
+	close(held);
+	char what[64];
+	snprintf(what, sizeof what, "cannot listen on 127.0.0.1:%u", port);
+	if (code != 1)
+		fail_with_log(fx, "exit status %d, expected 1", code);
+	if (!relay_log_contains(&fx->relay, what))
+		fail_with_log(fx, "stderr lacks '%s'", what);
+	if (!relay_log_contains(&fx->relay, "Address already in use"))
+		fail_with_log(fx, "stderr lacks 'Address already in use'");
+}
+
+/* ---- usage errors ---------------------------------------------------------------------- */
+
+static void test_unknown_option_exits_2(void **state)
+{
+	struct fx *fx = *state;
+	fx_require_relay();
+	relay_init(&fx->relay);
+	fx->relay_inited = true;
+	const char *args[] = { "--no-such-option", NULL };
+	assert_int_equal(relay_spawn(&fx->relay, args), 0);
+	int code = wait_exit_or_fail(fx, 10000 * hang_scale());
+	if (code != 2)
+		fail_with_log(fx, "an unknown option gave exit status %d, expected 2", code);
+}
+
+/* ---- -L specs without a config file ---------------------------------------------------- */
+
+static void test_forward_specs_relay_without_config_file(void **state)
+{
+	struct fx *fx = *state;
+	fx_require_relay();
+	bool v6 = ipv6_loopback_available();
+	struct tserver *echo4 = fx_echo_server(fx, AF_INET);
+	struct tserver *echo6 = v6 ? fx_echo_server(fx, AF_INET6) : NULL;
+	char spec4[96], spec6[96];
+	snprintf(spec4, sizeof spec4, "tcp:127.0.0.1:@P0@:127.0.0.1:%u", tserver_port(echo4));
+	const char *extra[5] = { "-L", spec4, NULL, NULL, NULL };
+	if (v6) {
+		snprintf(spec6, sizeof spec6, "tcp:[::1]:@P1@:[::1]:%u", tserver_port(echo6));
+		extra[2] = "-L";
+		extra[3] = spec6;
+	}
+	uint16_t base = fx_start_relay_args(fx, 2, v6 ? PORTS_V4 | PORTS_V6 : PORTS_V4, NULL, extra);
+
+	int fams[2] = { AF_INET, AF_INET6 };
+	for (int k = 0; k < (v6 ? 2 : 1); k++) {
+		int fd = sock_connect(fams[k], (uint16_t)(base + k), 10000 * hang_scale());
+		if (fd < 0)
+			fail_with_log(fx, "connect to [%s]:%u: %s", loopback_text(fams[k]), base + k,
+				      strerror(errno));
+		struct xfer x;
+		xfer_init(&x, fd, 0x4c00 + (uint64_t)k, 100000, 0x4c00 + (uint64_t)k, 100000);
+		size_t not_done = xfer_run(&x, 1, 20000 * hang_scale());
+		xfer_release(&x);
+		close(fd);
+		if (not_done)
+			fail_with_log(fx, "echo through the -L forward on %s: %s",
+				      loopback_text(fams[k]), x.what);
+	}
+	if (!v6)
+		print_message("::1 is not available; only the IPv4 spec was tried\n");
+	fx_stop_relay_ok(fx);
+}
+
+/* ---- 11. SIGTERM / SIGINT with connections open ------------------------------------- */
+
+#define OPEN_CONNS 20
+
+static void run_signal_with_open_connections(struct fx *fx, int sig)
+{
+	struct tserver *echo = fx_echo_server(fx, AF_INET);
+	char *t = NULL;
+	assert_true(asprintf(&t,
+			     "forwards = (\n"
+			     "  { name = \"sig\"; protocol = \"tcp\"; external_address = \"127.0.0.1\";\n"
+			     "    external_port = @P0@; internal_ip = \"127.0.0.1\"; internal_port = %u; }\n"
+			     ");\n",
+			     tserver_port(echo)) > 0);
+	uint16_t port = fx_start_relay(fx, 1, PORTS_V4, t);
+	free(t);
+
+	int fds[OPEN_CONNS];
+	for (int i = 0; i < OPEN_CONNS; i++) {
+		fds[i] = sock_connect(AF_INET, port, 10000 * hang_scale());
+		if (fds[i] < 0)
+			fail_with_log(fx, "connect %d: %s", i, strerror(errno));
+		if (echo_roundtrip(fds[i], 10000 * hang_scale()) != 0)
+			fail_with_log(fx, "echo on connection %d: %s", i, strerror(errno));
+	}
+	int64_t t0 = now_ms();
+	kill(fx->relay.pid, sig);
+	int code = relay_wait_exit(&fx->relay, 5000 * hang_scale());
+	int64_t elapsed = now_ms() - t0;
+	if (code < 0) {
+		kill(fx->relay.pid, SIGKILL);
+		fail_with_log(fx, "relay still running 5 s after %s with %d connections open",
+			      strsignal(sig), OPEN_CONNS);
+	}
+	fprintf(stderr, "%s: exit status %d after %lld ms\n", strsignal(sig), code,
+		(long long)elapsed);
+	if (code != 0)
+		fail_with_log(fx, "exit status %d after %s, expected 0", code, strsignal(sig));
+	/* The clients' connections are gone with it. */
+	for (int i = 0; i < OPEN_CONNS; i++) {
+		int rc = sock_wait_close(fds[i], 5000 * hang_scale(), NULL);
+		close(fds[i]);
+		if (rc != 0 && rc != ECONNRESET)
+			fail_with_log(fx, "connection %d still open after the relay exited", i);
+	}
+}
+
+static void test_sigterm_with_open_connections_exits_0(void **state)
+{
+	run_signal_with_open_connections(*state, SIGTERM);
+}
+
+static void test_sigint_with_open_connections_exits_0(void **state)
+{
+	run_signal_with_open_connections(*state, SIGINT);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		FX_TEST(test_check_good_file_lists_enabled_forwards),
+		FX_TEST(test_check_bad_file_names_file_and_line),
+		FX_TEST(test_port_in_use_exits_1_with_reason),
+		FX_TEST(test_unknown_option_exits_2),
+		FX_TEST(test_forward_specs_relay_without_config_file),
+		FX_TEST(test_sigterm_with_open_connections_exits_0),
+		FX_TEST(test_sigint_with_open_connections_exits_0),
+	};
+	return cmocka_run_group_tests_name("cli", tests, NULL, NULL);
+}

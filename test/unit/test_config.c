@@ -1,0 +1,923 @@
+/*
+ * test_config.c - the configuration file: every field, the defaults, every
+ * validation error with its file:line, resolution and overlap checks.
+ *
+ * Each test writes its file into a fresh mkdtemp directory under /tmp,
+ * removed again by the teardown.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "portrelay/config.h"
+
+struct env {
+	char dir[64];
+	char path[128];          /* the file under test */
+	char include_path[128];  /* a second file, for @include */
+	struct config cfg;
+	char err[1024];
+};
+
+static int env_setup(void **state)
+{
+	struct env *env = calloc(1, sizeof *env);
+
+	if (env == NULL)
+		return -1;
+	snprintf(env->dir, sizeof env->dir, "/tmp/portrelay-test-XXXXXX");
+	if (mkdtemp(env->dir) == NULL) {
+		free(env);
+		return -1;
+	}
+	snprintf(env->path, sizeof env->path, "%s/test.conf", env->dir);
+	snprintf(env->include_path, sizeof env->include_path, "%s/included.conf", env->dir);
+	config_defaults(&env->cfg);
+	*state = env;
+	return 0;
+}
+
+static int env_teardown(void **state)
+{
+	struct env *env = *state;
+
+	config_free(&env->cfg);
+	unlink(env->path);
+	unlink(env->include_path);
+	rmdir(env->dir);
+	free(env);
+	return 0;
+}
+
+static void write_file(const char *path, const char *text)
+{
+	FILE *file = fopen(path, "w");
+
+	assert_non_null(file);
+	assert_true(fputs(text, file) >= 0);
+	assert_int_equal(fclose(file), 0);
+}
+
+static int load(struct env *env, const char *text)
+{
+	write_file(env->path, text);
+	env->err[0] = '\0';
+	return config_load_file(&env->cfg, env->path, env->err, sizeof env->err);
+}
+
+static int load_and_finish(struct env *env, const char *text)
+{
+	if (load(env, text) < 0)
+		return -1;
+	return config_finish(&env->cfg, env->err, sizeof env->err);
+}
+
+/* The error starts with "PATH:LINE: " and contains `words`. */
+static bool error_is_at(const struct env *env, int line, const char *words)
+{
+	char where[256];
+
+	snprintf(where, sizeof where, "%s:%d: ", env->path, line);
+	return strncmp(env->err, where, strlen(where)) == 0 && strstr(env->err, words) != NULL;
+}
+
+static void assert_error_at(const struct env *env, int line, const char *words)
+{
+	if (!error_is_at(env, line, words)) {
+		print_error("error was \"%s\"\nexpected  \"%s:%d: ...%s...\"\n", env->err,
+			    env->path, line, words);
+		fail();
+	}
+}
+
+/* The error is exactly "PATH:LINE: rest". */
+static void assert_error_equals(const struct env *env, int line, const char *rest)
+{
+	char expected[1024];
+
+	snprintf(expected, sizeof expected, "%s:%d: %s", env->path, line, rest);
+	assert_string_equal(env->err, expected);
+}
+
+struct error_case {
+	const char *text;
+	int line;
+	const char *words;
+};
+
+/* Every case fails to load, names its line and adds no forward. */
+static void check_load_errors(struct env *env, const struct error_case *cases, size_t count)
+{
+	for (size_t i = 0; i < count; i++) {
+		const struct error_case *c = &cases[i];
+
+		if (load(env, c->text) != -1 || !error_is_at(env, c->line, c->words) ||
+		    env->cfg.forward_count != 0) {
+			print_error("case %zu:\n%s\nerror was \"%s\"\nexpected line %d and \"%s\"\n",
+				    i, c->text, env->err, c->line, c->words);
+			fail();
+		}
+	}
+}
+
+#define CASES(array) (array), sizeof(array) / sizeof((array)[0])
+
+/* One forward whose group opens on line 2; the body starts on line 3. */
+#define ONE_FORWARD(body) "forwards = (\n  {\n" body "  }\n);\n"
+
+/* ---- valid files -------------------------------------------------------- */
+
+static const char full_file[] =
+	"# every field\n"                                 /* 1 */
+	"wan_address = \"127.0.0.1\";\n"                  /* 2 */
+	"log_level = \"debug\";\n"                        /* 3 */
+	"tcp = {\n"                                       /* 4 */
+	"  connect_timeout = 2.5;\n"                      /* 5 */
+	"  idle_timeout = 300;\n"                         /* 6 */
+	"};\n"                                            /* 7 */
+	"udp = {\n"                                       /* 8 */
+	"  idle_timeout = 30.0;\n"                        /* 9 */
+	"  max_flows = 1024;\n"                           /* 10 */
+	"};\n"                                            /* 11 */
+	"forwards = (\n"                                  /* 12 */
+	"  {\n"                                           /* 13 */
+	"    name = \"ftp\";\n"                           /* 14 */
+	"    protocol = \"tcp\";\n"                       /* 15 */
+	"    external_address = \"0.0.0.0\";\n"          /* 16 */
+	"    external_port = 21;\n"                       /* 17 */
+	"    internal_ip = \"192.168.20.142\";\n"         /* 18 */
+	"    internal_port = 2121;\n"                     /* 19 */
+	"    enabled = true;\n"                           /* 20 */
+	"  },\n"                                          /* 21 */
+	"  {\n"                                           /* 22 */
+	"    name = \"web\";\n"                           /* 23 */
+	"    protocol = \"both\";\n"                      /* 24 */
+	"    external_address = \"[::]\";\n"             /* 25 */
+	"    external_port = \"30000-30009\";\n"          /* 26 */
+	"    internal_ip = \"192.0.2.10\";\n"             /* 27 */
+	"    internal_port = \"40000-40009\";\n"          /* 28 */
+	"  },\n"                                          /* 29 */
+	"  {\n"                                           /* 30 */
+	"    name = \"dns\";\n"                           /* 31 */
+	"    protocol = \"udp\";\n"                       /* 32 */
+	"    external_port = \"53\";\n"                   /* 33 */
+	"    internal_ip = \"nosuch.invalid\";\n"         /* 34 */
+	"    enabled = false;\n"                          /* 35 */
+	"  }\n"                                           /* 36 */
+	");\n";                                           /* 37 */
+
+static void test_full_file_sets_every_field(void **state)
+{
+	struct env *env = *state;
+	const struct config *cfg = &env->cfg;
+	char origin[256];
+
+	assert_int_equal(load(env, full_file), 0);
+	assert_string_equal(cfg->wan_address, "127.0.0.1");
+	assert_int_equal(cfg->log_level, LOG_LEVEL_DEBUG);
+	assert_true(cfg->tcp_connect_timeout == 2.5);
+	assert_true(cfg->tcp_idle_timeout == 300.0);
+	assert_true(cfg->udp_idle_timeout == 30.0);
+	assert_int_equal(cfg->udp_max_flows, 1024);
+	assert_int_equal(cfg->forward_count, 3);
+
+	const struct forward *ftp = &cfg->forwards[0];
+	assert_string_equal(ftp->name, "ftp");
+	assert_int_equal(ftp->proto, FORWARD_TCP);
+	assert_string_equal(ftp->external_host, "0.0.0.0");
+	assert_int_equal(ftp->external_port_first, 21);
+	assert_int_equal(ftp->external_port_last, 21);
+	assert_string_equal(ftp->internal_host, "192.168.20.142");
+	assert_int_equal(ftp->internal_port_first, 2121);
+	assert_int_equal(ftp->internal_port_last, 2121);
+	assert_true(ftp->enabled);
+	snprintf(origin, sizeof origin, "%s:13", env->path);
+	assert_string_equal(ftp->origin, origin);
+
+	const struct forward *web = &cfg->forwards[1];
+	assert_int_equal(web->proto, FORWARD_BOTH);
+	assert_string_equal(web->external_host, "::");
+	assert_int_equal(web->external_port_first, 30000);
+	assert_int_equal(web->external_port_last, 30009);
+	assert_int_equal(web->internal_port_first, 40000);
+	assert_int_equal(web->internal_port_last, 40009);
+	assert_int_equal(forward_port_count(web), 10);
+
+	const struct forward *dns = &cfg->forwards[2];
+	assert_int_equal(dns->proto, FORWARD_UDP);
+	assert_false(dns->enabled);
+	assert_string_equal(dns->external_host, "");
+	assert_int_equal(dns->internal_port_first, 53);
+	snprintf(origin, sizeof origin, "%s:30", env->path);
+	assert_string_equal(dns->origin, origin);
+}
+
+static void test_finished_full_file_describes_each_forward(void **state)
+{
+	struct env *env = *state;
+	char line[512];
+
+	/* The disabled "dns" forward points at a host that does not resolve. */
+	assert_int_equal(load_and_finish(env, full_file), 0);
+	assert_string_equal(forward_describe(&env->cfg.forwards[0], line, sizeof line),
+			    "ftp  tcp  0.0.0.0:21 -> 192.168.20.142:2121");
+	assert_string_equal(forward_describe(&env->cfg.forwards[1], line, sizeof line),
+			    "web  both [::]:30000-30009 -> 192.0.2.10:40000-40009");
+	assert_string_equal(forward_describe(&env->cfg.forwards[2], line, sizeof line),
+			    "dns  udp  127.0.0.1:53 -> nosuch.invalid:53  (disabled)");
+	assert_int_equal(net_addr_family(&env->cfg.forwards[1].external_addr), AF_INET6);
+	assert_true(net_addr_is_wildcard(&env->cfg.forwards[1].external_addr));
+}
+
+static void test_omitted_fields_take_defaults(void **state)
+{
+	struct env *env = *state;
+	const struct config *cfg = &env->cfg;
+	char line[512], origin[256];
+
+	assert_int_equal(load(env,
+			      "forwards = (\n"
+			      "  { protocol = \"tcp\"; external_port = 8080; internal_ip = \"127.0.0.1\"; },\n"
+			      "  { protocol = \"udp\"; external_port = \"5000-5004\"; internal_ip = \"::1\"; }\n"
+			      ");\n"), 0);
+	assert_string_equal(cfg->wan_address, "0.0.0.0");
+	assert_int_equal(cfg->log_level, LOG_LEVEL_INFO);
+	assert_true(cfg->tcp_connect_timeout == 10.0);
+	assert_true(cfg->tcp_idle_timeout == 0.0);
+	assert_true(cfg->udp_idle_timeout == 60.0);
+	assert_int_equal(cfg->udp_max_flows, 65536);
+	assert_int_equal(cfg->forward_count, 2);
+
+	const struct forward *tcp = &cfg->forwards[0];
+	assert_string_equal(tcp->name, "tcp:8080");
+	assert_true(tcp->enabled);
+	assert_string_equal(tcp->external_host, "");
+	assert_int_equal(tcp->internal_port_first, 8080);
+	assert_int_equal(tcp->internal_port_last, 8080);
+	snprintf(origin, sizeof origin, "%s:2", env->path);
+	assert_string_equal(tcp->origin, origin);
+
+	const struct forward *udp = &cfg->forwards[1];
+	assert_string_equal(udp->name, "udp:5000-5004");
+	assert_int_equal(udp->internal_port_first, 5000);
+	assert_int_equal(udp->internal_port_last, 5004);
+
+	assert_int_equal(config_finish(&env->cfg, env->err, sizeof env->err), 0);
+	assert_string_equal(tcp->external_host, "0.0.0.0");
+	assert_string_equal(forward_describe(tcp, line, sizeof line),
+			    "tcp:8080  tcp  0.0.0.0:8080 -> 127.0.0.1:8080");
+	assert_string_equal(forward_describe(udp, line, sizeof line),
+			    "udp:5000-5004  udp  0.0.0.0:5000-5004 -> [::1]:5000-5004");
+}
+
+static void test_empty_file_and_empty_lists_have_no_forwards(void **state)
+{
+	struct env *env = *state;
+
+	assert_int_equal(load_and_finish(env, ""), 0);
+	assert_int_equal(load_and_finish(env, "forwards = ();\n"), 0);
+	assert_int_equal(load_and_finish(env, "forwards = [];\n"), 0);
+	assert_int_equal(env->cfg.forward_count, 0);
+}
+
+static void test_host_name_is_resolved_and_shown(void **state)
+{
+	struct env *env = *state;
+	char line[512];
+
+	assert_int_equal(load_and_finish(env, ONE_FORWARD(
+		"    name = \"local\"; protocol = \"tcp\"; external_port = 8080;\n"
+		"    internal_ip = \"localhost\"; internal_port = 80;\n")), 0);
+	assert_int_not_equal(env->cfg.forwards[0].internal_addr.len, 0);
+	forward_describe(&env->cfg.forwards[0], line, sizeof line);
+	assert_non_null(strstr(line, "-> localhost ("));
+	assert_non_null(strstr(line, "):80"));
+}
+
+/* ---- unknown fields ----------------------------------------------------- */
+
+static void test_unknown_fields_are_rejected_at_every_level(void **state)
+{
+	static const struct error_case cases[] = {
+		{ "log_level = \"info\";\nwan_adress = \"0.0.0.0\";\n", 2,
+		  "unknown field \"wan_adress\"" },
+		{ "tcp = {\n  connect_timeout = 1;\n  idel_timeout = 2;\n};\n", 3,
+		  "unknown field \"tcp.idel_timeout\"" },
+		{ "udp = {\n  max_flow = 5;\n};\n", 2, "unknown field \"udp.max_flow\"" },
+		{ ONE_FORWARD("    protocol = \"tcp\";\n    internal_ip = \"h\";\n"
+			      "    external_port = 1;\n    colour = \"red\";\n"), 6,
+		  "forward #1: unknown field \"colour\"" },
+	};
+
+	check_load_errors(*state, CASES(cases));
+}
+
+static void test_unknown_forward_field_message_is_exact(void **state)
+{
+	struct env *env = *state;
+
+	assert_int_equal(load(env, ONE_FORWARD(
+		"    name = \"ftp\";\n"
+		"    protocol = \"tcp\";\n"
+		"    internal_ip = \"10.0.0.1\";\n"
+		"    extrnal_port = 21;\n")), -1);
+	assert_error_equals(env, 6, "forward \"ftp\": unknown field \"extrnal_port\"");
+}
+
+/* ---- ports -------------------------------------------------------------- */
+
+/* A forward named "ftp" whose external_port (line 6) is `value`. */
+#define EXTERNAL_PORT(value) ONE_FORWARD( \
+	"    name = \"ftp\";\n    protocol = \"tcp\";\n    internal_ip = \"10.0.0.1\";\n" \
+	"    external_port = " value ";\n")
+
+static void test_external_port_out_of_range_message_is_exact(void **state)
+{
+	struct env *env = *state;
+
+	assert_int_equal(load(env, EXTERNAL_PORT("70000")), -1);
+	assert_error_equals(env, 6, "forward \"ftp\": external_port 70000 is outside 1-65535");
+}
+
+static void test_bad_port_values_are_rejected(void **state)
+{
+	static const struct error_case cases[] = {
+		{ EXTERNAL_PORT("0"), 6, "forward \"ftp\": external_port 0 is outside 1-65535" },
+		{ EXTERNAL_PORT("-1"), 6, "external_port -1 is outside 1-65535" },
+		{ EXTERNAL_PORT("70000L"), 6, "external_port 70000 is outside 1-65535" },
+		{ EXTERNAL_PORT("\"70000\""), 6, "external_port 70000 is outside 1-65535" },
+		{ EXTERNAL_PORT("\"1-70000\""), 6, "external_port 70000 is outside 1-65535" },
+		{ EXTERNAL_PORT("\"0-5\""), 6, "external_port 0 is outside 1-65535" },
+		{ EXTERNAL_PORT("\"99999999999999999999\""), 6,
+		  "external_port 99999999999999999999 is outside 1-65535" },
+		{ EXTERNAL_PORT("\"abc\""), 6,
+		  "external_port \"abc\" is not a port number or a range N-M" },
+		{ EXTERNAL_PORT("\"\""), 6, "external_port \"\" is not a port number" },
+		{ EXTERNAL_PORT("\" 80\""), 6, "external_port \" 80\" is not a port number" },
+		{ EXTERNAL_PORT("\"80-\""), 6, "external_port \"80-\" is not a port number" },
+		{ EXTERNAL_PORT("\"-80\""), 6, "external_port \"-80\" is not a port number" },
+		{ EXTERNAL_PORT("\"80-90-100\""), 6, "is not a port number" },
+		{ EXTERNAL_PORT("\"+80\""), 6, "is not a port number" },
+		{ EXTERNAL_PORT("\"90-80\""), 6, "external_port range 90-80 ends before it starts" },
+		{ EXTERNAL_PORT("80.0"), 6,
+		  "external_port must be a port number or a range string \"N-M\"" },
+		{ EXTERNAL_PORT("true"), 6, "external_port must be a port number" },
+		{ EXTERNAL_PORT("[80]"), 6, "external_port must be a port number" },
+		{ ONE_FORWARD("    name = \"ftp\";\n    protocol = \"tcp\";\n"
+			      "    internal_ip = \"10.0.0.1\";\n    external_port = 80;\n"
+			      "    internal_port = 65536;\n"), 7,
+		  "forward \"ftp\": internal_port 65536 is outside 1-65535" },
+		{ ONE_FORWARD("    name = \"ftp\";\n    protocol = \"tcp\";\n"
+			      "    internal_ip = \"10.0.0.1\";\n    external_port = 80;\n"
+			      "    internal_port = \"http\";\n"), 7,
+		  "internal_port \"http\" is not a port number" },
+	};
+
+	check_load_errors(*state, CASES(cases));
+}
+
+static void test_range_width_mismatch_message_is_exact(void **state)
+{
+	struct env *env = *state;
+
+	assert_int_equal(load(env, ONE_FORWARD(
+		"    name = \"x\";\n"
+		"    protocol = \"tcp\";\n"
+		"    external_port = \"30000-30009\";\n"
+		"    internal_ip = \"10.0.0.1\";\n"
+		"    internal_port = \"80-81\";\n")), -1);
+	assert_error_equals(env, 7, "forward \"x\": internal_port range 80-81 is 2 ports wide "
+			    "but external_port range 30000-30009 is 10");
+}
+
+static void test_single_and_range_ports_do_not_mix(void **state)
+{
+	static const struct error_case cases[] = {
+		{ ONE_FORWARD("    name = \"x\"; protocol = \"tcp\"; internal_ip = \"h\";\n"
+			      "    external_port = \"30000-30009\";\n"
+			      "    internal_port = 80;\n"), 5,
+		  "internal_port 80 is 1 port wide but external_port range 30000-30009 is 10" },
+		{ ONE_FORWARD("    name = \"x\"; protocol = \"tcp\"; internal_ip = \"h\";\n"
+			      "    external_port = 80;\n"
+			      "    internal_port = \"80-81\";\n"), 5,
+		  "internal_port range 80-81 is 2 ports wide but external_port 80 is 1" },
+	};
+
+	check_load_errors(*state, CASES(cases));
+}
+
+static void test_equal_width_ranges_map_one_to_one(void **state)
+{
+	struct env *env = *state;
+
+	assert_int_equal(load(env, ONE_FORWARD(
+		"    protocol = \"tcp\"; internal_ip = \"h\";\n"
+		"    external_port = \"30000-30009\"; internal_port = \"40000-40009\";\n")), 0);
+	assert_int_equal(env->cfg.forwards[0].internal_port_first, 40000);
+	assert_int_equal(env->cfg.forwards[0].internal_port_last, 40009);
+	assert_int_equal(forward_port_count(&env->cfg.forwards[0]), 10);
+}
+
+/* ---- wrong types and values --------------------------------------------- */
+
+static void test_global_settings_are_type_and_range_checked(void **state)
+{
+	static const struct error_case cases[] = {
+		{ "log_level = 3;\n", 1, "log_level must be a string" },
+		{ "log_level = \"loud\";\n", 1,
+		  "log_level \"loud\" is not one of error, warn, info, debug" },
+		{ "wan_address = 1;\n", 1, "wan_address must be a string" },
+		{ "wan_address = \"example.com\";\n", 1,
+		  "wan_address \"example.com\" is not a numeric IPv4 or IPv6 address" },
+		{ "wan_address = \"[::1\";\n", 1, "wan_address \"[::1\" is not a numeric" },
+		{ "tcp = 5;\n", 1, "tcp must be a group" },
+		{ "udp = (1);\n", 1, "udp must be a group" },
+		{ "tcp = {\n  connect_timeout = \"10\";\n};\n", 2,
+		  "tcp.connect_timeout must be a number > 0" },
+		{ "tcp = {\n  connect_timeout = 0;\n};\n", 2,
+		  "tcp.connect_timeout must be a number > 0" },
+		{ "tcp = {\n  idle_timeout = -1.5;\n};\n", 2,
+		  "tcp.idle_timeout must be a number >= 0" },
+		{ "tcp = {\n  idle_timeout = 1e400;\n};\n", 2,
+		  "tcp.idle_timeout must be a number >= 0" },
+		{ "tcp = {\n  idle_timeout = 1e12;\n};\n", 2, "tcp.idle_timeout 1e+12 is too large" },
+		{ "udp = {\n  idle_timeout = true;\n};\n", 2,
+		  "udp.idle_timeout must be a number >= 0" },
+		{ "udp = {\n  max_flows = 0;\n};\n", 2,
+		  "udp.max_flows must be an integer from 1 to 16777216" },
+		{ "udp = {\n  max_flows = 16777217;\n};\n", 2,
+		  "udp.max_flows must be an integer from 1 to 16777216" },
+		{ "udp = {\n  max_flows = 2.0;\n};\n", 2, "udp.max_flows must be an integer" },
+		{ "forwards = { a = 1; };\n", 1, "forwards must be a list of groups" },
+		{ "forwards = 5;\n", 1, "forwards must be a list of groups" },
+		{ "forwards = [1, 2];\n", 1, "forward #1 must be a group" },
+		{ "log_level = \"info\";\nforwards = ( \"tcp:80:h:80\" );\n", 2,
+		  "forward #1 must be a group" },
+	};
+
+	check_load_errors(*state, CASES(cases));
+}
+
+static void test_valid_global_values_are_accepted(void **state)
+{
+	struct env *env = *state;
+
+	assert_int_equal(load(env,
+			      "wan_address = \"[::]\";\n"
+			      "tcp = { connect_timeout = 1; idle_timeout = 0; };\n"
+			      "udp = { idle_timeout = 0.5; max_flows = 16777216; };\n"), 0);
+	assert_string_equal(env->cfg.wan_address, "::");
+	assert_true(env->cfg.tcp_connect_timeout == 1.0);
+	assert_true(env->cfg.udp_idle_timeout == 0.5);
+	assert_int_equal(env->cfg.udp_max_flows, 16777216);
+}
+
+/* A forward named "f" (lines 3-5) plus `line6`, the setting under test. */
+#define FORWARD_WITH(line6) ONE_FORWARD( \
+	"    name = \"f\";\n    external_port = 80;\n    internal_port = 80;\n" line6)
+#define FORWARD_TCP_WITH(line7) ONE_FORWARD( \
+	"    name = \"f\";\n    external_port = 80;\n    internal_ip = \"h\";\n" \
+	"    protocol = \"tcp\";\n" line7)
+
+static void test_forward_fields_are_type_checked(void **state)
+{
+	static const struct error_case cases[] = {
+		{ FORWARD_WITH("    protocol = 5;\n"), 6,
+		  "forward \"f\": protocol must be a string" },
+		{ FORWARD_WITH("    protocol = \"sctp\";\n"), 6,
+		  "forward \"f\": protocol \"sctp\" is not tcp, udp or both" },
+		{ FORWARD_WITH("    protocol = \"TCP\";\n"), 6, "protocol \"TCP\" is not tcp" },
+		{ FORWARD_TCP_WITH("    enabled = \"yes\";\n"), 7,
+		  "forward \"f\": enabled must be true or false" },
+		{ FORWARD_TCP_WITH("    enabled = 1;\n"), 7, "enabled must be true or false" },
+		{ FORWARD_WITH("    internal_ip = 10;\n"), 6,
+		  "forward \"f\": internal_ip must be a string" },
+		{ FORWARD_WITH("    internal_ip = \"\";\n"), 6, "internal_ip \"\" is empty" },
+		{ FORWARD_WITH("    internal_ip = \"a b\";\n"), 6,
+		  "internal_ip \"a b\" contains whitespace" },
+		{ FORWARD_TCP_WITH("    external_address = \"example.com\";\n"), 7,
+		  "external_address \"example.com\" is not a numeric IPv4 or IPv6 address" },
+		{ FORWARD_TCP_WITH("    external_address = \"[::1\";\n"), 7,
+		  "external_address \"[::1\" is not a numeric" },
+		{ FORWARD_TCP_WITH("    external_address = 5;\n"), 7,
+		  "external_address must be a string" },
+		{ ONE_FORWARD("    protocol = \"tcp\";\n    name = 5;\n"), 4,
+		  "forward #1: name must be a string" },
+		{ ONE_FORWARD("    protocol = \"tcp\";\n    name = \"\";\n"), 4,
+		  "forward #1: name is empty" },
+		{ ONE_FORWARD("    name = \"0123456789012345678901234567890123456789"
+			      "012345678901234567890123\";\n"), 3,
+		  "forward #1: name is longer than 63 characters" },
+		{ ONE_FORWARD("    name = \"a\\nb\";\n"), 3, "name contains control characters" },
+	};
+
+	check_load_errors(*state, CASES(cases));
+}
+
+static void test_required_forward_fields_are_reported_at_the_group(void **state)
+{
+	static const struct error_case cases[] = {
+		{ ONE_FORWARD("    name = \"f\";\n    external_port = 80;\n"
+			      "    internal_ip = \"h\";\n"), 2,
+		  "forward \"f\": protocol is required (tcp, udp or both)" },
+		{ ONE_FORWARD("    name = \"f\";\n    protocol = \"tcp\";\n"
+			      "    internal_ip = \"h\";\n"), 2,
+		  "forward \"f\": external_port is required" },
+		{ ONE_FORWARD("    name = \"f\";\n    protocol = \"tcp\";\n"
+			      "    external_port = 80;\n"), 2,
+		  "forward \"f\": internal_ip is required" },
+	};
+
+	check_load_errors(*state, CASES(cases));
+}
+
+static void test_unnamed_forward_is_called_by_its_index(void **state)
+{
+	struct env *env = *state;
+
+	assert_int_equal(load(env,
+		"forwards = (\n"
+		"  { name = \"ok\"; protocol = \"tcp\"; external_port = 1; internal_ip = \"h\"; },\n"
+		"  { protocol = \"tcp\"; external_port = 99999; internal_ip = \"h\"; }\n"
+		");\n"), -1);
+	assert_error_equals(env, 3, "forward #2: external_port 99999 is outside 1-65535");
+}
+
+static void test_failed_file_adds_no_forwards(void **state)
+{
+	struct env *env = *state;
+
+	assert_int_equal(load(env, ONE_FORWARD(
+		"    protocol = \"tcp\"; external_port = 1; internal_ip = \"h\";\n")), 0);
+	assert_int_equal(env->cfg.forward_count, 1);
+	assert_int_equal(load(env,
+		"forwards = (\n"
+		"  { protocol = \"tcp\"; external_port = 2; internal_ip = \"h\"; },\n"
+		"  { protocol = \"tcp\"; external_port = 3; internal_ip = \"h\"; },\n"
+		"  { protocol = \"tcp\"; external_port = 4; internal_ip = 4; }\n"
+		");\n"), -1);
+	assert_error_at(env, 4, "forward #3: internal_ip must be a string");
+	assert_int_equal(env->cfg.forward_count, 1);
+	assert_int_equal(env->cfg.forwards[0].external_port_first, 1);
+}
+
+/* ---- reading the file --------------------------------------------------- */
+
+static void test_syntax_error_names_the_line(void **state)
+{
+	struct env *env = *state;
+
+	assert_int_equal(load(env,
+		"log_level = \"info\";\n"
+		"tcp = {\n"
+		"  connect_timeout = ;\n"
+		"};\n"), -1);
+	assert_error_at(env, 3, "syntax error: ");
+}
+
+static void test_missing_file_cannot_be_read(void **state)
+{
+	struct env *env = *state;
+	char path[256], expected[512];
+
+	snprintf(path, sizeof path, "%s/absent.conf", env->dir);
+	assert_int_equal(config_load_file(&env->cfg, path, env->err, sizeof env->err), -1);
+	snprintf(expected, sizeof expected, "%s: cannot read: No such file or directory", path);
+	assert_string_equal(env->err, expected);
+}
+
+static void test_directory_cannot_be_read(void **state)
+{
+	struct env *env = *state;
+	char expected[512];
+
+	assert_int_equal(config_load_file(&env->cfg, env->dir, env->err, sizeof env->err), -1);
+	snprintf(expected, sizeof expected, "%s: cannot read: Is a directory", env->dir);
+	assert_string_equal(env->err, expected);
+}
+
+static void test_error_in_included_file_names_that_file(void **state)
+{
+	struct env *env = *state;
+	char text[512], expected[512];
+
+	write_file(env->include_path, "# included\nbogus = 1;\n");
+	snprintf(text, sizeof text, "log_level = \"warn\";\n@include \"%s\"\n", env->include_path);
+	assert_int_equal(load(env, text), -1);
+	snprintf(expected, sizeof expected, "%s:2: unknown field \"bogus\"", env->include_path);
+	assert_string_equal(env->err, expected);
+}
+
+/* ---- config_finish: resolution ------------------------------------------ */
+
+static void test_unresolvable_host_is_reported_at_its_forward(void **state)
+{
+	struct env *env = *state;
+
+	assert_int_equal(load_and_finish(env,
+		"forwards = (\n"
+		"  { name = \"good\"; protocol = \"tcp\"; external_port = 1000;"
+		" internal_ip = \"127.0.0.1\"; },\n"
+		"  { name = \"bad\"; protocol = \"tcp\"; external_port = 1001;"
+		" internal_ip = \"nosuch.invalid\"; }\n"
+		");\n"), -1);
+	assert_error_at(env, 3,
+			"forward \"bad\": internal_ip \"nosuch.invalid\" does not resolve: ");
+	/* The resolver's reason follows the colon. */
+	assert_true(strlen(strstr(env->err, "does not resolve: ")) > strlen("does not resolve: "));
+}
+
+static void test_disabled_forward_is_not_resolved(void **state)
+{
+	struct env *env = *state;
+
+	assert_int_equal(load_and_finish(env, ONE_FORWARD(
+		"    name = \"off\"; protocol = \"tcp\"; external_port = 1000;\n"
+		"    internal_ip = \"nosuch.invalid\"; enabled = false;\n")), 0);
+	assert_int_equal(env->cfg.forwards[0].internal_addr.len, 0);
+	/* Its external address is still filled in, for --check. */
+	assert_int_equal(net_addr_family(&env->cfg.forwards[0].external_addr), AF_INET);
+}
+
+/* ---- config_finish: overlaps -------------------------------------------- */
+
+struct side {
+	const char *proto;
+	const char *addr;
+	const char *port;   /* as written in the file: 8080 or "8000-8010" */
+	const char *enabled;
+};
+
+/* Forward "a" on line 2 and forward "b" on line 3. */
+static int load_pair(struct env *env, struct side a, struct side b)
+{
+	char text[1024];
+
+	snprintf(text, sizeof text,
+		 "forwards = (\n"
+		 "  { name = \"a\"; protocol = \"%s\"; external_address = \"%s\";"
+		 " external_port = %s; internal_ip = \"127.0.0.1\"; enabled = %s; },\n"
+		 "  { name = \"b\"; protocol = \"%s\"; external_address = \"%s\";"
+		 " external_port = %s; internal_ip = \"127.0.0.1\"; enabled = %s; }\n"
+		 ");\n",
+		 a.proto, a.addr, a.port, a.enabled ? a.enabled : "true",
+		 b.proto, b.addr, b.port, b.enabled ? b.enabled : "true");
+	config_free(&env->cfg);
+	return load_and_finish(env, text);
+}
+
+static void test_same_port_twice_overlaps_with_exact_message(void **state)
+{
+	struct env *env = *state;
+	char rest[512];
+
+	assert_int_equal(load_pair(env, (struct side){ "tcp", "0.0.0.0", "8080", NULL },
+				   (struct side){ "tcp", "0.0.0.0", "8080", NULL }), -1);
+	snprintf(rest, sizeof rest,
+		 "forward \"b\": tcp port 8080 on 0.0.0.0 overlaps forward \"a\" (%s:2)", env->path);
+	assert_error_equals(env, 3, rest);
+}
+
+struct overlap_case {
+	struct side a;
+	struct side b;
+	const char *words;   /* NULL: no overlap expected */
+};
+
+static void check_overlaps(struct env *env, const struct overlap_case *cases, size_t count)
+{
+	for (size_t i = 0; i < count; i++) {
+		const struct overlap_case *c = &cases[i];
+		int rc = load_pair(env, c->a, c->b);
+		bool ok = c->words == NULL ? rc == 0 : rc == -1 && error_is_at(env, 3, c->words);
+
+		if (!ok) {
+			print_error("case %zu: %s %s %s / %s %s %s\nerror was \"%s\"\n"
+				    "expected %s%s\n", i, c->a.proto, c->a.addr, c->a.port,
+				    c->b.proto, c->b.addr, c->b.port, env->err,
+				    c->words ? "line 3 and " : "no error", c->words ? c->words : "");
+			fail();
+		}
+	}
+}
+
+static void test_overlapping_forwards_are_rejected(void **state)
+{
+	static const struct overlap_case cases[] = {
+		/* A range overlapping a single port, in either order. */
+		{ { "tcp", "0.0.0.0", "\"8000-8010\"", NULL }, { "tcp", "0.0.0.0", "8005", NULL },
+		  "forward \"b\": tcp port 8005 on 0.0.0.0 overlaps forward \"a\"" },
+		{ { "tcp", "0.0.0.0", "8005", NULL }, { "tcp", "0.0.0.0", "\"8000-8010\"", NULL },
+		  "forward \"b\": tcp port 8005 on 0.0.0.0 overlaps forward \"a\"" },
+		{ { "udp", "0.0.0.0", "\"8000-8010\"", NULL }, { "udp", "0.0.0.0", "\"8010-8020\"", NULL },
+		  "udp port 8010 on 0.0.0.0 overlaps forward \"a\"" },
+		/* both counts as tcp and as udp. */
+		{ { "both", "0.0.0.0", "53", NULL }, { "tcp", "0.0.0.0", "53", NULL },
+		  "tcp port 53 on 0.0.0.0 overlaps forward \"a\"" },
+		{ { "udp", "0.0.0.0", "53", NULL }, { "both", "0.0.0.0", "53", NULL },
+		  "udp port 53 on 0.0.0.0 overlaps forward \"a\"" },
+		/* 0.0.0.0 takes every IPv4 address. */
+		{ { "tcp", "0.0.0.0", "8080", NULL }, { "tcp", "127.0.0.1", "8080", NULL },
+		  "tcp port 8080 on 127.0.0.1 overlaps forward \"a\" on 0.0.0.0 (" },
+		{ { "tcp", "127.0.0.1", "8080", NULL }, { "tcp", "0.0.0.0", "8080", NULL },
+		  "tcp port 8080 on 0.0.0.0 overlaps forward \"a\" on 127.0.0.1 (" },
+		/* :: is dual stack: it takes every IPv4 and IPv6 address. */
+		{ { "tcp", "::", "8080", NULL }, { "tcp", "0.0.0.0", "8080", NULL },
+		  "tcp port 8080 on 0.0.0.0 overlaps forward \"a\" on :: (" },
+		{ { "tcp", "127.0.0.1", "8080", NULL }, { "tcp", "[::]", "8080", NULL },
+		  "overlaps forward \"a\" on 127.0.0.1" },
+		{ { "udp", "::1", "8080", NULL }, { "udp", "::", "8080", NULL },
+		  "overlaps forward \"a\" on ::1" },
+		{ { "tcp", "::1", "8080", NULL }, { "tcp", "[::1]", "8080", NULL },
+		  "tcp port 8080 on ::1 overlaps forward \"a\" (" },
+	};
+
+	check_overlaps(*state, CASES(cases));
+}
+
+static void test_distinct_forwards_do_not_overlap(void **state)
+{
+	static const struct overlap_case cases[] = {
+		{ { "tcp", "0.0.0.0", "8080", NULL }, { "udp", "0.0.0.0", "8080", NULL }, NULL },
+		{ { "tcp", "127.0.0.1", "8080", NULL }, { "tcp", "127.0.0.2", "8080", NULL }, NULL },
+		{ { "tcp", "0.0.0.0", "8080", NULL }, { "tcp", "::1", "8080", NULL }, NULL },
+		{ { "tcp", "::1", "8080", NULL }, { "tcp", "::2", "8080", NULL }, NULL },
+		{ { "both", "0.0.0.0", "\"8000-8009\"", NULL },
+		  { "both", "0.0.0.0", "\"8010-8019\"", NULL }, NULL },
+		/* A disabled forward opens nothing. */
+		{ { "tcp", "0.0.0.0", "8080", "false" }, { "tcp", "0.0.0.0", "8080", NULL }, NULL },
+		{ { "tcp", "0.0.0.0", "8080", NULL }, { "tcp", "0.0.0.0", "8080", "false" }, NULL },
+	};
+
+	check_overlaps(*state, CASES(cases));
+}
+
+static void test_overlap_with_wan_address_default(void **state)
+{
+	struct env *env = *state;
+
+	assert_int_equal(load_and_finish(env,
+		"wan_address = \"127.0.0.1\";\n"
+		"forwards = (\n"
+		"  { name = \"a\"; protocol = \"tcp\"; external_port = 8080; internal_ip = \"h\";"
+		" enabled = false; },\n"
+		"  { name = \"b\"; protocol = \"tcp\"; external_address = \"0.0.0.0\";"
+		" external_port = 8080; internal_ip = \"127.0.0.1\"; },\n"
+		"  { name = \"c\"; protocol = \"tcp\"; external_port = \"8000-9000\";"
+		" internal_ip = \"127.0.0.1\"; internal_port = \"9000-10000\"; }\n"
+		");\n"), -1);
+	assert_error_at(env, 5, "forward \"c\": tcp port 8080 on 127.0.0.1 overlaps forward \"b\" "
+			"on 0.0.0.0 (");
+}
+
+/* A long range stays "active" while shorter forwards after it come and go. */
+static void test_long_range_overlap_is_found_past_other_forwards(void **state)
+{
+	struct env *env = *state;
+
+	assert_int_equal(load_and_finish(env,
+		"forwards = (\n"
+		"  { name = \"wide\"; protocol = \"tcp\"; external_port = \"1000-2000\";"
+		" internal_ip = \"127.0.0.1\"; },\n"
+		"  { name = \"u1\"; protocol = \"udp\"; external_port = 1100; internal_ip = \"127.0.0.1\"; },\n"
+		"  { name = \"u2\"; protocol = \"udp\"; external_port = 1500; internal_ip = \"127.0.0.1\"; },\n"
+		"  { name = \"t\"; protocol = \"tcp\"; external_port = 2000; internal_ip = \"127.0.0.1\"; }\n"
+		");\n"), -1);
+	assert_error_at(env, 5, "forward \"t\": tcp port 2000 on 0.0.0.0 overlaps forward \"wide\"");
+}
+
+static double seconds_since(const struct timespec *start)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (double)(now.tv_sec - start->tv_sec) + (now.tv_nsec - start->tv_nsec) / 1e9;
+}
+
+/* Writes `count` single-port tcp forwards on ports 10000... and, optionally, a duplicate. */
+static char *many_forwards_text(unsigned count, bool duplicate_last)
+{
+	size_t size = (size_t)(count + 2) * 128;
+	char *text = malloc(size);
+	size_t used = 0;
+
+	assert_non_null(text);
+	used += (size_t)snprintf(text + used, size - used, "forwards = (\n");
+	for (unsigned i = 0; i < count; i++)
+		used += (size_t)snprintf(text + used, size - used,
+					 "  { protocol = \"tcp\"; external_port = %u;"
+					 " internal_ip = \"127.0.0.1\"; },\n", 10000 + i);
+	used += (size_t)snprintf(text + used, size - used,
+				 "  { name = \"range\"; protocol = \"tcp\"; external_port = \"%s\";"
+				 " internal_ip = \"127.0.0.1\"; }\n);\n",
+				 duplicate_last ? "10000" : "20000-29999");
+	return text;
+}
+
+static void test_ten_thousand_forwards_check_quickly(void **state)
+{
+	struct env *env = *state;
+	char *text = many_forwards_text(10000, false);
+	struct timespec start;
+
+	assert_int_equal(load(env, text), 0);
+	free(text);
+	assert_int_equal(env->cfg.forward_count, 10001);
+	assert_int_equal(forward_port_count(&env->cfg.forwards[10000]), 10000);
+	clock_gettime(CLOCK_MONOTONIC, &start);
+	assert_int_equal(config_finish(&env->cfg, env->err, sizeof env->err), 0);
+	assert_true(seconds_since(&start) < 0.5);
+}
+
+static void test_duplicate_among_ten_thousand_is_found(void **state)
+{
+	struct env *env = *state;
+	char *text = many_forwards_text(10000, true);
+	struct timespec start;
+
+	clock_gettime(CLOCK_MONOTONIC, &start);
+	assert_int_equal(load_and_finish(env, text), -1);
+	free(text);
+	assert_error_at(env, 10002,
+			"forward \"range\": tcp port 10000 on 0.0.0.0 overlaps forward \"tcp:10000\"");
+	assert_true(seconds_since(&start) < 1.0);
+}
+
+/* ---- small helpers ------------------------------------------------------ */
+
+static void test_proto_names_and_port_counts(void **state)
+{
+	struct forward fwd = { .external_port_first = 65535, .external_port_last = 65535 };
+
+	(void)state;
+	assert_string_equal(forward_proto_name(FORWARD_TCP), "tcp");
+	assert_string_equal(forward_proto_name(FORWARD_UDP), "udp");
+	assert_string_equal(forward_proto_name(FORWARD_BOTH), "both");
+	assert_int_equal(forward_port_count(&fwd), 1);
+	fwd.external_port_first = 1;
+	assert_int_equal(forward_port_count(&fwd), 65535);
+}
+
+static void test_config_free_resets_to_defaults(void **state)
+{
+	struct env *env = *state;
+
+	assert_int_equal(load(env, "log_level = \"error\";\n" ONE_FORWARD(
+		"    protocol = \"tcp\"; external_port = 1; internal_ip = \"h\";\n")), 0);
+	config_free(&env->cfg);
+	assert_null(env->cfg.forwards);
+	assert_int_equal(env->cfg.forward_count, 0);
+	assert_int_equal(env->cfg.log_level, LOG_LEVEL_INFO);
+}
+
+#define TEST(name) cmocka_unit_test_setup_teardown(name, env_setup, env_teardown)
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		TEST(test_full_file_sets_every_field),
+		TEST(test_finished_full_file_describes_each_forward),
+		TEST(test_omitted_fields_take_defaults),
+		TEST(test_empty_file_and_empty_lists_have_no_forwards),
+		TEST(test_host_name_is_resolved_and_shown),
+		TEST(test_unknown_fields_are_rejected_at_every_level),
+		TEST(test_unknown_forward_field_message_is_exact),
+		TEST(test_external_port_out_of_range_message_is_exact),
+		TEST(test_bad_port_values_are_rejected),
+		TEST(test_range_width_mismatch_message_is_exact),
+		TEST(test_single_and_range_ports_do_not_mix),
+		TEST(test_equal_width_ranges_map_one_to_one),
+		TEST(test_global_settings_are_type_and_range_checked),
+		TEST(test_valid_global_values_are_accepted),
+		TEST(test_forward_fields_are_type_checked),
+		TEST(test_required_forward_fields_are_reported_at_the_group),
+		TEST(test_unnamed_forward_is_called_by_its_index),
+		TEST(test_failed_file_adds_no_forwards),
+		TEST(test_syntax_error_names_the_line),
+		TEST(test_missing_file_cannot_be_read),
+		TEST(test_directory_cannot_be_read),
+		TEST(test_error_in_included_file_names_that_file),
+		TEST(test_unresolvable_host_is_reported_at_its_forward),
+		TEST(test_disabled_forward_is_not_resolved),
+		TEST(test_same_port_twice_overlaps_with_exact_message),
+		TEST(test_overlapping_forwards_are_rejected),
+		TEST(test_distinct_forwards_do_not_overlap),
+		TEST(test_overlap_with_wan_address_default),
+		TEST(test_long_range_overlap_is_found_past_other_forwards),
+		TEST(test_ten_thousand_forwards_check_quickly),
+		TEST(test_duplicate_among_ten_thousand_is_found),
+		TEST(test_proto_names_and_port_counts),
+		TEST(test_config_free_resets_to_defaults),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
