@@ -36,7 +36,11 @@ struct listener_set {
 	struct relay_ctx *ctx;
 	struct listener *listeners;
 	unsigned count;
-	/* Fd exhaustion: an episode lasts from the first EMFILE to the next accept. */
+	/*
+	 * Fd exhaustion: an episode lasts from the first EMFILE until a new
+	 * session has both of its sockets (an accept alone may succeed with the
+	 * one descriptor a closed connection freed, and its connect then fail).
+	 */
 	struct event *backoff_timer;
 	bool paused;
 	bool exhausted;
@@ -91,8 +95,10 @@ void listener_set_pause_for_fds(struct listener_set *set)
 	event_add(set->backoff_timer, &delay);
 }
 
-static void listener_end_exhaustion(struct listener_set *set)
+void listener_set_fds_recovered(struct listener_set *set)
 {
+	if (set == NULL || !set->exhausted)
+		return;
 	struct timeval now, lasted;
 	event_base_gettimeofday_cached(set->ctx->base, &now);
 	timersub(&now, &set->exhausted_since, &lasted);
@@ -126,8 +132,6 @@ static void listener_on_accept(evutil_socket_t fd, short what, void *arg)
 				 strerror(errno));
 			return;
 		}
-		if (set->exhausted)
-			listener_end_exhaustion(set);
 		int on = 1;
 		setsockopt(client_fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
 		tcp_session_start(set->ctx, listener->forward, listener->port, client_fd,

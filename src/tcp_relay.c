@@ -333,6 +333,7 @@ void tcp_session_start(struct relay_ctx *ctx, const struct forward *fwd, uint16_
 		session_end(session, reason, true, false);
 		return;
 	}
+	listener_set_fds_recovered(ctx->listeners);
 	session->state = SESSION_CONNECTING;
 	endpoint_watch(session, &session->internal, EV_WRITE);
 	event_add(session->timer, &ctx->tcp_connect_timeout);

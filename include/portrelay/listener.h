@@ -24,6 +24,12 @@ unsigned listener_set_count(const struct listener_set *set);
  */
 void listener_set_pause_for_fds(struct listener_set *set);
 
+/*
+ * Ends an fd-exhaustion episode (logged once): called when a new session got
+ * both its sockets. Cheap when there is no episode.
+ */
+void listener_set_fds_recovered(struct listener_set *set);
+
 void listener_set_free(struct listener_set *set);
 
 #endif
