@@ -306,6 +306,8 @@ static int config_finish_forward(const struct config *cfg, struct forward *fwd, 
 				   "external address \"%s\" is not a numeric IPv4 or IPv6 address",
 				   fwd->external_host);
 	net_addr_parse_ip(bare, 0, &fwd->external_addr);
+	if (fwd->udp_idle_timeout == 0)
+		fwd->udp_idle_timeout = cfg->udp_idle_timeout;
 
 	/* A disabled rule opens nothing, so its host need not exist yet. */
 	if (!fwd->enabled)

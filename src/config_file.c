@@ -192,7 +192,7 @@ static int config_file_udp(struct config *cfg, struct config_file *file,
 		int rc;
 
 		if (strcmp(name, "idle_timeout") == 0)
-			rc = config_file_timeout(file, setting, "udp.idle_timeout", true,
+			rc = config_file_timeout(file, setting, "udp.idle_timeout", false,
 						 &cfg->udp_idle_timeout);
 		else if (strcmp(name, "max_flows") == 0)
 			rc = config_file_max_flows(cfg, file, setting);
@@ -327,6 +327,15 @@ static int config_forward_enabled(struct config_file *file, const config_setting
 	return 0;
 }
 
+static int config_forward_udp_idle_timeout(struct config_file *file,
+					   const config_setting_t *setting, struct forward *fwd,
+					   struct config_forward_fields *fields)
+{
+	(void)fields;
+	return config_file_timeout(file, setting, "udp_idle_timeout", false,
+				   &fwd->udp_idle_timeout);
+}
+
 static const struct {
 	const char *name;
 	config_forward_field_fn parse;
@@ -338,6 +347,7 @@ static const struct {
 	{ "internal_ip", config_forward_internal_ip },
 	{ "internal_port", config_forward_internal_port },
 	{ "enabled", config_forward_enabled },
+	{ "udp_idle_timeout", config_forward_udp_idle_timeout },
 };
 
 static config_forward_field_fn config_forward_field_lookup(const char *name)

@@ -456,7 +456,7 @@ static int udp_forward_open(struct udp_relay *udp, struct udp_forward *forward,
 	forward->ctx = ctx;
 	forward->relay = udp;
 	forward->fwd = fwd;
-	forward->idle_timeout_ms = (uint64_t)(ctx->config->udp_idle_timeout * 1000.0);
+	forward->idle_timeout_ms = (uint64_t)(fwd->udp_idle_timeout * 1000.0);
 	forward->max_flows = ctx->config->udp_max_flows;
 	if (flow_table_init(&forward->flows) < 0)
 		return -1;

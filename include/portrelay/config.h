@@ -49,6 +49,8 @@ struct forward {
 	uint16_t internal_port_first;
 	uint16_t internal_port_last;
 	bool enabled;
+	/* Seconds a UDP flow of this forward lives idle; udp.idle_timeout unless set. */
+	double udp_idle_timeout;
 	/* Where it came from, for messages: "etc/x.conf:12" or "-L 'tcp:...'". */
 	char origin[CONFIG_ORIGIN_MAX];
 };

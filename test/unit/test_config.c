@@ -279,6 +279,21 @@ static void test_omitted_fields_take_defaults(void **state)
 			    "udp:5000-5004  udp  0.0.0.0:5000-5004 -> [::1]:5000-5004");
 }
 
+static void test_udp_idle_timeout_per_forward_overrides_the_global(void **state)
+{
+	struct env *env = *state;
+
+	assert_int_equal(load_and_finish(env,
+		"udp = { idle_timeout = 30; };\n"
+		"forwards = (\n"
+		"  { protocol = \"udp\"; external_port = 53; internal_ip = \"127.0.0.1\";\n"
+		"    udp_idle_timeout = 2.5; },\n"
+		"  { protocol = \"both\"; external_port = 54; internal_ip = \"127.0.0.1\"; }\n"
+		");\n"), 0);
+	assert_true(env->cfg.forwards[0].udp_idle_timeout == 2.5);
+	assert_true(env->cfg.forwards[1].udp_idle_timeout == 30.0);
+}
+
 static void test_empty_file_and_empty_lists_have_no_forwards(void **state)
 {
 	struct env *env = *state;
@@ -451,7 +466,9 @@ static void test_global_settings_are_type_and_range_checked(void **state)
 		  "tcp.idle_timeout must be a number >= 0" },
 		{ "tcp = {\n  idle_timeout = 1e12;\n};\n", 2, "tcp.idle_timeout 1e+12 is too large" },
 		{ "udp = {\n  idle_timeout = true;\n};\n", 2,
-		  "udp.idle_timeout must be a number >= 0" },
+		  "udp.idle_timeout must be a number > 0" },
+		{ "udp = {\n  idle_timeout = 0;\n};\n", 2,
+		  "udp.idle_timeout must be a number > 0" },
 		{ "udp = {\n  max_flows = 0;\n};\n", 2,
 		  "udp.max_flows must be an integer from 1 to 16777216" },
 		{ "udp = {\n  max_flows = 16777217;\n};\n", 2,
@@ -498,6 +515,10 @@ static void test_forward_fields_are_type_checked(void **state)
 		{ FORWARD_WITH("    protocol = \"TCP\";\n"), 6, "protocol \"TCP\" is not tcp" },
 		{ FORWARD_TCP_WITH("    enabled = \"yes\";\n"), 7,
 		  "forward \"f\": enabled must be true or false" },
+		{ FORWARD_TCP_WITH("    udp_idle_timeout = 0;\n"), 7,
+		  "forward \"f\": udp_idle_timeout must be a number > 0" },
+		{ FORWARD_TCP_WITH("    udp_idle_timeout = \"5\";\n"), 7,
+		  "forward \"f\": udp_idle_timeout must be a number > 0" },
 		{ FORWARD_TCP_WITH("    enabled = 1;\n"), 7, "enabled must be true or false" },
 		{ FORWARD_WITH("    internal_ip = 10;\n"), 6,
 		  "forward \"f\": internal_ip must be a string" },
@@ -887,6 +908,7 @@ int main(void)
 		TEST(test_full_file_sets_every_field),
 		TEST(test_finished_full_file_describes_each_forward),
 		TEST(test_omitted_fields_take_defaults),
+		TEST(test_udp_idle_timeout_per_forward_overrides_the_global),
 		TEST(test_empty_file_and_empty_lists_have_no_forwards),
 		TEST(test_host_name_is_resolved_and_shown),
 		TEST(test_unknown_fields_are_rejected_at_every_level),
