@@ -48,7 +48,8 @@ struct udp_port {
 
 /* The address a client sent to, as the kernel reported it (wildcard binds). */
 struct udp_local {
-	int level;                     /* 0 (unknown), IPPROTO_IP or IPPROTO_IPV6 */
+	bool known;
+	int level;                     /* IPPROTO_IP (which is 0) or IPPROTO_IPV6 */
 	union {
 		struct in_pktinfo v4;
 		struct in6_pktinfo v6;
@@ -188,6 +189,7 @@ static void udp_local_from_cmsg(struct udp_local *local, struct msghdr *msg)
 	for (struct cmsghdr *cmsg = CMSG_FIRSTHDR(msg); cmsg != NULL;
 	     cmsg = CMSG_NXTHDR(msg, cmsg)) {
 		if (cmsg->cmsg_level == IPPROTO_IP && cmsg->cmsg_type == IP_PKTINFO) {
+			local->known = true;
 			local->level = IPPROTO_IP;
 			memcpy(&local->info.v4, CMSG_DATA(cmsg), sizeof local->info.v4);
 			/* Reply from the address the client sent to, on any interface. */
@@ -196,6 +198,7 @@ static void udp_local_from_cmsg(struct udp_local *local, struct msghdr *msg)
 			return;
 		}
 		if (cmsg->cmsg_level == IPPROTO_IPV6 && cmsg->cmsg_type == IPV6_PKTINFO) {
+			local->known = true;
 			local->level = IPPROTO_IPV6;
 			memcpy(&local->info.v6, CMSG_DATA(cmsg), sizeof local->info.v6);
 			return;
@@ -215,7 +218,7 @@ static void udp_send_to_client(struct udp_forward *forward, struct udp_flow *flo
 		struct cmsghdr align;
 	} control;
 
-	if (flow->port->wildcard && flow->local.level != 0) {
+	if (flow->port->wildcard && flow->local.known) {
 		bool v4 = flow->local.level == IPPROTO_IP;
 		size_t info_len = v4 ? sizeof flow->local.info.v4 : sizeof flow->local.info.v6;
 		memset(&control, 0, sizeof control);
