@@ -251,6 +251,8 @@ void config_defaults(struct config *cfg)
 	cfg->tcp_idle_timeout = 0.0;
 	cfg->udp_idle_timeout = 60.0;
 	cfg->udp_max_flows = 65536;
+	cfg->tcp_splice = true;
+	cfg->workers = 0;
 }
 
 void config_free(struct config *cfg)

@@ -143,6 +143,29 @@ static int config_file_log_level(struct config *cfg, struct config_file *file,
 	return 0;
 }
 
+static int config_file_bool(struct config_file *file, const config_setting_t *setting,
+			    const char *key, bool *value)
+{
+	if (config_setting_type(setting) != CONFIG_TYPE_BOOL)
+		return config_file_fail(file, setting, "%s must be true or false", key);
+	*value = config_setting_get_bool(setting) != 0;
+	return 0;
+}
+
+static int config_file_workers(struct config *cfg, struct config_file *file,
+			       const config_setting_t *setting)
+{
+	long long value = config_setting_is_integer(setting) ?
+		config_setting_get_int64(setting) : -1;
+
+	if (value < 0 || value > CONFIG_WORKERS_LIMIT)
+		return config_file_fail(file, setting,
+					"workers must be an integer from 0 (one per CPU) to %d",
+					CONFIG_WORKERS_LIMIT);
+	cfg->workers = (unsigned)value;
+	return 0;
+}
+
 static int config_file_tcp(struct config *cfg, struct config_file *file,
 			   const config_setting_t *group)
 {
@@ -159,6 +182,8 @@ static int config_file_tcp(struct config *cfg, struct config_file *file,
 		else if (strcmp(name, "idle_timeout") == 0)
 			rc = config_file_timeout(file, setting, "tcp.idle_timeout", true,
 						 &cfg->tcp_idle_timeout);
+		else if (strcmp(name, "splice") == 0)
+			rc = config_file_bool(file, setting, "tcp.splice", &cfg->tcp_splice);
 		else
 			rc = config_file_fail(file, setting, "unknown field \"tcp.%s\"", name);
 		if (rc < 0)
@@ -469,6 +494,7 @@ static const struct {
 } config_global_table[] = {
 	{ "wan_address", config_file_wan_address },
 	{ "log_level", config_file_log_level },
+	{ "workers", config_file_workers },
 	{ "tcp", config_file_tcp },
 	{ "udp", config_file_udp },
 	{ "forwards", config_file_forwards },

@@ -71,14 +71,17 @@ void listener_set_pause_for_fds(struct listener_set *set)
 {
 	if (set == NULL || set->paused)
 		return;
+	int error = errno;
 	if (!set->exhausted) {
 		set->exhausted = true;
 		set->backoff_ms = FD_BACKOFF_FIRST_MS;
 		set->ctx->counters.accept_fd_exhausted++;
 		event_base_gettimeofday_cached(set->ctx->base, &set->exhausted_since);
-		log_warn(NULL, "out of file descriptors (%s, %u sessions open): pausing accept, "
-			 "retrying every %u-%u ms", strerror(errno), set->ctx->session_count,
-			 FD_BACKOFF_FIRST_MS, FD_BACKOFF_MAX_MS);
+		struct fd_episode *episode = set->ctx->options.fd_episode;
+		if (atomic_fetch_add(&episode->exhausted_workers, 1) == 0)
+			log_warn(NULL, "out of file descriptors (%s, %u sessions open): pausing "
+				 "accept, retrying every %u-%u ms", strerror(error),
+				 set->ctx->session_count, FD_BACKOFF_FIRST_MS, FD_BACKOFF_MAX_MS);
 	} else if (set->backoff_ms < FD_BACKOFF_MAX_MS) {
 		set->backoff_ms *= 2;
 		if (set->backoff_ms > FD_BACKOFF_MAX_MS)
@@ -99,10 +102,13 @@ void listener_set_fds_recovered(struct listener_set *set)
 {
 	if (set == NULL || !set->exhausted)
 		return;
+	set->exhausted = false;
+	struct fd_episode *episode = set->ctx->options.fd_episode;
+	if (atomic_fetch_sub(&episode->exhausted_workers, 1) != 1)
+		return;   /* another worker is still short: the episode goes on */
 	struct timeval now, lasted;
 	event_base_gettimeofday_cached(set->ctx->base, &now);
 	timersub(&now, &set->exhausted_since, &lasted);
-	set->exhausted = false;
 	log_info(NULL, "file descriptors available again after %.1f s: accepting",
 		 (double)lasted.tv_sec + (double)lasted.tv_usec / 1e6);
 }
@@ -118,8 +124,11 @@ static void listener_on_accept(evutil_socket_t fd, short what, void *arg)
 		int client_fd = accept4(fd, (struct sockaddr *)&client_addr.ss, &client_addr.len,
 					SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (client_fd < 0) {
-			if (errno == EAGAIN || errno == EWOULDBLOCK)
+			if (errno == EAGAIN || errno == EWOULDBLOCK) {
+				/* No client waits here: no sign of exhaustion left. */
+				listener_set_fds_recovered(set);
 				return;
+			}
 			if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
 				listener_set_pause_for_fds(set);
 				return;
@@ -144,7 +153,7 @@ static int listener_open(struct listener_set *set, struct listener *listener,
 {
 	struct net_addr addr = fwd->external_addr;
 	net_addr_set_port(&addr, port);
-	listener->fd = net_listen_tcp(&addr, SOMAXCONN);
+	listener->fd = net_listen_tcp(&addr, SOMAXCONN, set->ctx->options.share);
 	if (listener->fd < 0) {
 		char where[NET_ADDR_STRLEN];
 		log_error(fwd->name, "cannot listen on %s: %s",

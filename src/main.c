@@ -9,12 +9,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include "portrelay/config.h"
 #include "portrelay/listener.h"
 #include "portrelay/log.h"
 #include "portrelay/relay.h"
 #include "portrelay/udp_relay.h"
+#include "portrelay/worker.h"
 
 #define DEFAULT_CONFIG_PATH "/etc/portrelay.conf"
 
@@ -151,13 +153,13 @@ static void print_forwards(const struct config *cfg)
 
 /*
  * Every connection costs two descriptors; the default soft limit (often
- * 1024) would cap the relay at a few hundred clients.
+ * 1024) would cap the relay at a few hundred clients. Returns the limit.
  */
-static void raise_fd_limit(void)
+static unsigned long raise_fd_limit(void)
 {
 	struct rlimit limit;
 	if (getrlimit(RLIMIT_NOFILE, &limit) < 0)
-		return;
+		return 1024;
 	if (limit.rlim_cur < limit.rlim_max) {
 		limit.rlim_cur = limit.rlim_max;
 		if (setrlimit(RLIMIT_NOFILE, &limit) < 0)
@@ -166,15 +168,50 @@ static void raise_fd_limit(void)
 	getrlimit(RLIMIT_NOFILE, &limit);
 	log_info(NULL, "open-files limit %llu: room for about %llu connections",
 		 (unsigned long long)limit.rlim_cur, (unsigned long long)limit.rlim_cur / 2);
+	return (unsigned long)limit.rlim_cur;
+}
+
+/* Sockets one worker binds: a TCP listener and/or a UDP socket per port. */
+static unsigned long sockets_per_worker(const struct config *cfg)
+{
+	unsigned long sockets = 0;
+	for (size_t i = 0; i < cfg->forward_count; i++) {
+		const struct forward *fwd = &cfg->forwards[i];
+		if (fwd->enabled)
+			sockets += forward_port_count(fwd) *
+				   (unsigned long)(((fwd->proto & FORWARD_TCP) ? 1 : 0) +
+						   ((fwd->proto & FORWARD_UDP) ? 1 : 0));
+	}
+	return sockets;
+}
+
+/*
+ * workers = 0 means one per CPU. Every worker binds every port, so a huge
+ * range times many workers could eat the descriptors meant for
+ * connections: keep the bound sockets to at most half the limit.
+ */
+static unsigned choose_workers(const struct config *cfg, unsigned long fd_limit)
+{
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	unsigned wanted = cfg->workers != 0 ? cfg->workers : (cpus > 0 ? (unsigned)cpus : 1);
+	unsigned long sockets = sockets_per_worker(cfg);
+	unsigned long affordable = sockets > 0 ? (fd_limit / 2) / sockets : wanted;
+	if (affordable < 1)
+		affordable = 1;
+	if (wanted > affordable) {
+		log_warn(NULL, "%u workers would bind %lu sockets each, too many for the open-files "
+			 "limit %lu: using %lu", wanted, sockets, fd_limit, affordable);
+		wanted = (unsigned)affordable;
+	}
+	return wanted;
 }
 
 static void on_stop_signal(evutil_socket_t signum, short what, void *arg)
 {
-	struct relay_ctx *ctx = arg;
+	struct worker_pool *pool = arg;
 	(void)what;
-	log_info(NULL, "%s: stopping, closing %u connections",
-		 signum == SIGINT ? "SIGINT" : "SIGTERM", ctx->session_count);
-	event_base_loopbreak(ctx->base);
+	log_info(NULL, "%s: stopping", signum == SIGINT ? "SIGINT" : "SIGTERM");
+	worker_pool_stop(pool);
 }
 
 static void log_forwards(const struct config *cfg)
@@ -187,37 +224,36 @@ static void log_forwards(const struct config *cfg)
 	}
 }
 
-static int run(const struct config *cfg)
+static int run(const struct config *cfg, unsigned long fd_limit)
 {
-	struct event_base *base = event_base_new();
-	if (base == NULL) {
-		log_error(NULL, "cannot create the event loop");
+	unsigned workers = choose_workers(cfg, fd_limit);
+	struct worker_pool *pool = worker_pool_open(cfg, workers, fd_limit);
+	if (pool == NULL)
 		return EXIT_CONFIG;
-	}
-	struct relay_ctx ctx;
-	relay_ctx_init(&ctx, base, cfg);
-	struct event *sigint = evsignal_new(base, SIGINT, on_stop_signal, &ctx);
-	struct event *sigterm = evsignal_new(base, SIGTERM, on_stop_signal, &ctx);
+
+	struct event_base *base = worker_pool_main_base(pool);
+	struct event *sigint = evsignal_new(base, SIGINT, on_stop_signal, pool);
+	struct event *sigterm = evsignal_new(base, SIGTERM, on_stop_signal, pool);
 	evsignal_add(sigint, NULL);
 	evsignal_add(sigterm, NULL);
 
-	int status = EXIT_OK;
-	if (relay_ctx_open(&ctx) < 0) {
-		status = EXIT_CONFIG;
-	} else {
-		log_forwards(cfg);
-		log_info(NULL, "ready: %u tcp listeners and %u udp sockets for %zu forwards",
-			 listener_set_count(ctx.listeners), udp_relay_socket_count(ctx.udp),
-			 count_enabled(cfg));
-		event_base_dispatch(base);
-		log_info(NULL, "stopped: %llu tcp connections and %llu udp flows served",
-			 (unsigned long long)ctx.counters.tcp_accepted,
-			 (unsigned long long)ctx.counters.udp_flows_created);
-	}
-	relay_ctx_close(&ctx);
+	const struct relay_ctx *first = worker_pool_first(pool);
+	log_forwards(cfg);
+	log_info(NULL, "ready: %u tcp listeners and %u udp sockets for %zu forwards, %u worker%s%s",
+		 listener_set_count(first->listeners), udp_relay_socket_count(first->udp),
+		 count_enabled(cfg), workers, workers == 1 ? "" : "s",
+		 cfg->tcp_splice ? ", splice on" : "");
+	int status = worker_pool_run(pool) == 0 ? EXIT_OK : EXIT_CONFIG;
+
+	struct relay_counters totals;
+	worker_pool_counters(pool, &totals);
+	log_info(NULL, "stopped: closing %u connections; served %llu tcp connections and "
+		 "%llu udp flows", worker_pool_session_count(pool),
+		 (unsigned long long)totals.tcp_accepted,
+		 (unsigned long long)totals.udp_flows_created);
 	event_free(sigint);
 	event_free(sigterm);
-	event_base_free(base);
+	worker_pool_free(pool);
 	return status;
 }
 
@@ -254,8 +290,7 @@ int main(int argc, char **argv)
 
 	/* A peer that closes while we write must cost an EPIPE, not the process. */
 	signal(SIGPIPE, SIG_IGN);
-	raise_fd_limit();
-	status = run(&cfg);
+	status = run(&cfg, raise_fd_limit());
 out:
 	config_free(&cfg);
 	free(opts.specs);

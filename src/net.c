@@ -123,7 +123,39 @@ const char *net_addr_format(const struct net_addr *addr, char *buf, size_t buf_l
 	return buf;
 }
 
-int net_listen_tcp(const struct net_addr *addr, int backlog)
+/* A plain bind (no SO_REUSEPORT) that fails if anything holds addr. */
+static int net_probe_free(const struct net_addr *addr, int type)
+{
+	int fd = socket(addr->ss.ss_family, type | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -1;
+	int on = 1;
+	/* TCP: ignore TIME_WAIT leftovers; UDP must not, it would share the port. */
+	if (type == SOCK_STREAM)
+		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+	if (addr->ss.ss_family == AF_INET6) {
+		int v6only = net_addr_is_wildcard(addr) ? 0 : 1;
+		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof v6only);
+	}
+	int rc = bind(fd, (const struct sockaddr *)&addr->ss, addr->len);
+	int saved = errno;
+	close(fd);
+	errno = saved;
+	return rc;
+}
+
+/* Applies the sharing mode before bind; -1 with errno set on failure. */
+static int net_prepare_share(int fd, const struct net_addr *addr, int type, enum net_share share)
+{
+	int on = 1;
+	if (share == NET_SHARED_FIRST && net_probe_free(addr, type) < 0)
+		return -1;
+	if (share != NET_EXCLUSIVE && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) < 0)
+		return -1;
+	return 0;
+}
+
+int net_listen_tcp(const struct net_addr *addr, int backlog, enum net_share share)
 {
 	int fd = socket(addr->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0)
@@ -132,6 +164,12 @@ int net_listen_tcp(const struct net_addr *addr, int backlog)
 	int on = 1;
 	/* Restarting must not wait for TIME_WAIT connections of the last run. */
 	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+	if (net_prepare_share(fd, addr, SOCK_STREAM, share) < 0) {
+		int saved = errno;
+		close(fd);
+		errno = saved;
+		return -1;
+	}
 	if (addr->ss.ss_family == AF_INET6) {
 		/* "::" serves IPv4 too; a specific IPv6 address serves only itself. */
 		int v6only = net_addr_is_wildcard(addr) ? 0 : 1;
@@ -182,7 +220,7 @@ void net_close_reset(int fd)
 	close(fd);
 }
 
-int net_bind_udp(const struct net_addr *addr)
+int net_bind_udp(const struct net_addr *addr, enum net_share share)
 {
 	int fd = socket(addr->ss.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0)
@@ -203,7 +241,8 @@ int net_bind_udp(const struct net_addr *addr)
 			 (addr->ss.ss_family == AF_INET6 &&
 			  setsockopt(fd, IPPROTO_IPV6, IPV6_RECVPKTINFO, &on, sizeof on) < 0)))
 		goto fail;
-	if (bind(fd, (const struct sockaddr *)&addr->ss, addr->len) < 0)
+	if (net_prepare_share(fd, addr, SOCK_DGRAM, share) < 0 ||
+	    bind(fd, (const struct sockaddr *)&addr->ss, addr->len) < 0)
 		goto fail;
 	return fd;
 fail:;

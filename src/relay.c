@@ -22,11 +22,14 @@ struct timeval relay_seconds_to_timeval(double seconds)
 	return tv;
 }
 
-void relay_ctx_init(struct relay_ctx *ctx, struct event_base *base, const struct config *cfg)
+void relay_ctx_init(struct relay_ctx *ctx, struct event_base *base, const struct config *cfg,
+		    const struct relay_options *options)
 {
 	memset(ctx, 0, sizeof *ctx);
 	ctx->base = base;
 	ctx->config = cfg;
+	ctx->options = *options;
+	pipe_pool_init(&ctx->pipes, options->max_pipes);
 	TAILQ_INIT(&ctx->sessions);
 	ctx->tcp_connect_timeout = relay_seconds_to_timeval(cfg->tcp_connect_timeout);
 	ctx->tcp_idle_timeout = relay_seconds_to_timeval(cfg->tcp_idle_timeout);
@@ -50,4 +53,10 @@ void relay_ctx_close(struct relay_ctx *ctx)
 	struct tcp_session *session;
 	while ((session = TAILQ_FIRST(&ctx->sessions)) != NULL)
 		tcp_session_free(session);
+	pipe_pool_destroy(&ctx->pipes);
+}
+
+struct pipe_pool *relay_ctx_pipes(struct relay_ctx *ctx)
+{
+	return ctx->options.max_pipes > 0 ? &ctx->pipes : NULL;
 }

@@ -105,6 +105,8 @@ static void session_close(struct tcp_session *session, bool reset_client, bool r
 	pump_release(&session->to_internal);
 	pump_release(&session->to_client);
 	free(session);
+	if (ctx->session_count == 0)
+		pipe_pool_trim(&ctx->pipes);
 }
 
 void tcp_session_free(struct tcp_session *session)
@@ -290,8 +292,8 @@ static struct tcp_session *session_new(struct relay_ctx *ctx, const struct forwa
 	session->client_addr = *client_addr;
 	session->client.fd = client_fd;
 	session->internal.fd = -1;
-	pump_init(&session->to_internal);
-	pump_init(&session->to_client);
+	pump_init(&session->to_internal, relay_ctx_pipes(ctx));
+	pump_init(&session->to_client, relay_ctx_pipes(ctx));
 	session->client.event = event_new(ctx->base, -1, 0, session_on_socket, session);
 	session->internal.event = event_new(ctx->base, -1, 0, session_on_socket, session);
 	session->timer = evtimer_new(ctx->base, session_on_timer, session);

@@ -81,6 +81,7 @@ struct udp_forward {
 	struct event *expiry_timer;
 	uint64_t idle_timeout_ms;
 	unsigned max_flows;
+	atomic_uint *flows_open;       /* this forward's flows in every worker */
 	struct udp_port *ports;
 	unsigned port_count;
 	uint64_t last_warn_ms;
@@ -131,6 +132,7 @@ static void udp_flow_free(struct udp_forward *forward, struct udp_flow *flow, co
 			  (double)(udp_now_ms(forward->ctx) - flow->created_ms) / 1000.0, reason);
 	}
 	flow_table_remove(&forward->flows, &flow->entry);
+	atomic_fetch_sub(forward->flows_open, 1);
 	if (flow->event != NULL)
 		event_free(flow->event);
 	close(flow->fd);
@@ -284,7 +286,9 @@ static struct udp_flow *udp_flow_open(struct udp_port *port, const struct flow_k
 	struct udp_forward *forward = port->forward;
 	struct relay_ctx *ctx = forward->ctx;
 
-	if (flow_table_count(&forward->flows) >= forward->max_flows) {
+	/* Take a place first, so that two workers cannot both take the last one. */
+	if (atomic_fetch_add(forward->flows_open, 1) >= forward->max_flows) {
+		atomic_fetch_sub(forward->flows_open, 1);
 		ctx->counters.udp_dropped_table_full++;
 		udp_warn_limited(forward, "flow table full (udp.max_flows)");
 		return NULL;
@@ -318,6 +322,7 @@ static struct udp_flow *udp_flow_open(struct udp_port *port, const struct flow_k
 	ctx->counters.udp_flows_created++;
 	return flow;
 fail:
+	atomic_fetch_sub(forward->flows_open, 1);
 	ctx->counters.udp_flow_failed++;
 	udp_warn_limited(forward, "cannot open a flow socket");
 	if (flow != NULL) {
@@ -419,7 +424,7 @@ static int udp_port_open(struct udp_forward *forward, struct udp_port *port, uin
 	port->forward = forward;
 	port->port = number;
 	port->wildcard = net_addr_is_wildcard(&addr);
-	port->fd = net_bind_udp(&addr);
+	port->fd = net_bind_udp(&addr, forward->ctx->options.share);
 	if (port->fd < 0) {
 		char where[NET_ADDR_STRLEN];
 		log_error(fwd->name, "cannot listen on %s (udp): %s",
@@ -461,6 +466,7 @@ static int udp_forward_open(struct udp_relay *udp, struct udp_forward *forward,
 	forward->fwd = fwd;
 	forward->idle_timeout_ms = (uint64_t)(fwd->udp_idle_timeout * 1000.0);
 	forward->max_flows = ctx->config->udp_max_flows;
+	forward->flows_open = &ctx->options.udp_flows_open[fwd - ctx->config->forwards];
 	if (flow_table_init(&forward->flows) < 0)
 		return -1;
 	forward->expiry_timer = evtimer_new(ctx->base, udp_on_expiry, forward);

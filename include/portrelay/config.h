@@ -35,6 +35,7 @@ enum forward_proto {
 #define CONFIG_NAME_MAX 64
 #define CONFIG_HOST_MAX 256
 #define CONFIG_ORIGIN_MAX 512
+#define CONFIG_WORKERS_LIMIT 256
 
 struct forward {
 	char name[CONFIG_NAME_MAX];        /* from the file, or "tcp:8080" style for -L */
@@ -60,6 +61,8 @@ struct config {
 	enum log_level log_level;           /* default info */
 	double tcp_connect_timeout;         /* seconds, default 10 */
 	double tcp_idle_timeout;            /* seconds, 0 = never (default) */
+	bool tcp_splice;                    /* zero-copy relaying, default true */
+	unsigned workers;                   /* event-loop threads; 0 = one per CPU */
 	double udp_idle_timeout;            /* seconds, default 60 */
 	unsigned udp_max_flows;             /* per forward, default 65536 */
 

@@ -44,11 +44,24 @@ const char *net_addr_format(const struct net_addr *addr, char *buf, size_t buf_l
 const char *net_addr_format_ip(const struct net_addr *addr, char *buf, size_t buf_len);
 
 /*
+ * Whether several worker threads bind the same port (SO_REUSEPORT, the
+ * kernel spreads connections and UDP 4-tuples across them). SO_REUSEPORT
+ * would also let a second relay of the same user share the port silently,
+ * so the first worker's bind is preceded by a probe: a plain bind that fails
+ * with EADDRINUSE when anything else holds the port.
+ */
+enum net_share {
+	NET_EXCLUSIVE,       /* one socket per port */
+	NET_SHARED_FIRST,    /* probe, then SO_REUSEPORT */
+	NET_SHARED,          /* SO_REUSEPORT, joining the first */
+};
+
+/*
  * A non-blocking, close-on-exec TCP listener bound to addr. "::" is bound
  * dual-stack (IPV6_V6ONLY off) so that it serves IPv4 too. Returns the fd,
  * or -1 with errno set.
  */
-int net_listen_tcp(const struct net_addr *addr, int backlog);
+int net_listen_tcp(const struct net_addr *addr, int backlog, enum net_share share);
 
 /*
  * A non-blocking TCP connect towards addr. Returns the fd (the connection
@@ -63,7 +76,7 @@ int net_connect_tcp(const struct net_addr *addr);
  * so that replies can leave from the address the client sent to; "::" is
  * dual-stack. Returns the fd, or -1 with errno set.
  */
-int net_bind_udp(const struct net_addr *addr);
+int net_bind_udp(const struct net_addr *addr, enum net_share share);
 
 /* A non-blocking UDP socket connected to addr; -1 with errno set. */
 int net_connect_udp(const struct net_addr *addr);

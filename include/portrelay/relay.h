@@ -9,12 +9,15 @@
 #ifndef PORTRELAY_RELAY_H
 #define PORTRELAY_RELAY_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/queue.h>
 #include <sys/time.h>
 
 #include "portrelay/config.h"
+#include "portrelay/net.h"
+#include "portrelay/pump.h"
 
 struct event_base;
 struct event;
@@ -45,9 +48,33 @@ struct relay_counters {
 	uint64_t udp_flow_failed;          /* no socket for a new flow (fds, memory) */
 };
 
+/*
+ * Shared by every worker: how many are out of file descriptors now, so that
+ * one process-wide episode is logged once, not once per worker. Touched only
+ * when descriptors run out or come back, never on the data path.
+ */
+struct fd_episode {
+	atomic_uint exhausted_workers;
+};
+
+/* How one context shares the machine with the others (one per worker). */
+struct relay_options {
+	struct fd_episode *fd_episode;
+	enum net_share share;          /* several workers bind the same ports */
+	unsigned max_pipes;            /* splice pipes in use at once; 0 = no splice */
+	/*
+	 * Flows open per forward (indexed like config->forwards), shared by all
+	 * workers so that udp.max_flows holds for the process. Changed only
+	 * when a flow opens or closes.
+	 */
+	atomic_uint *udp_flows_open;
+};
+
 struct relay_ctx {
 	struct event_base *base;
 	const struct config *config;   /* immutable while the loop runs */
+	struct relay_options options;
+	struct pipe_pool pipes;
 	struct listener_set *listeners;
 	struct udp_relay *udp;
 	struct tcp_session_list sessions;
@@ -59,7 +86,11 @@ struct relay_ctx {
 };
 
 /* Prepares ctx on base for cfg; opens nothing yet. */
-void relay_ctx_init(struct relay_ctx *ctx, struct event_base *base, const struct config *cfg);
+void relay_ctx_init(struct relay_ctx *ctx, struct event_base *base, const struct config *cfg,
+		    const struct relay_options *options);
+
+/* The pipe pool for new sessions, or NULL when splicing is off. */
+struct pipe_pool *relay_ctx_pipes(struct relay_ctx *ctx);
 
 /*
  * Opens every TCP listener and UDP socket of the enabled forwards. On a
