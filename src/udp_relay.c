@@ -16,6 +16,7 @@
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -24,15 +25,12 @@
 #include "portrelay/log.h"
 #include "portrelay/net.h"
 #include "portrelay/relay.h"
+#include "portrelay/udp_batch.h"
 
-/* Datagrams handled per wake-up of one socket before others get a turn. */
-#define UDP_DATAGRAMS_PER_WAKEUP 64
-/*
- * One byte more than the largest UDP payload (65535 - 8 - 20 = 65507 over
- * IPv4; IPv6 allows 65527): anything that does not fit is reported by
- * MSG_TRUNC and dropped instead of being forwarded cut.
- */
-#define UDP_BUFFER_SIZE 65536
+/* Batches read per wake-up of an external socket before others get a turn. */
+#define UDP_BATCHES_PER_WAKEUP 2
+/* Flows served per wake-up of the flow sockets' epoll set. */
+#define UDP_FLOWS_PER_WAKEUP 64
 /* Rate limit for "table full" and "cannot open flow" warnings. */
 #define UDP_WARN_INTERVAL_MS 1000
 
@@ -56,21 +54,21 @@ struct udp_local {
 	} info;
 };
 
+/*
+ * Kept small: there may be hundreds of thousands. The flow's socket is
+ * watched through the worker's epoll set for flow sockets, not by an event
+ * of its own, which saves a libevent event (128 bytes) per flow.
+ */
 struct udp_flow {
 	struct flow_entry entry;       /* key: client address + external port */
 	struct udp_port *port;
 	int fd;                        /* connected to the internal host:port */
-	struct event *event;
-	union {
-		struct sockaddr sa;
-		struct sockaddr_in v4;
-		struct sockaddr_in6 v6;
-	} client;
 	socklen_t client_len;
+	union udp_sockaddr client;
 	struct udp_local local;
 	uint64_t created_ms;
-	uint64_t datagrams_to_internal;
-	uint64_t datagrams_to_client;
+	uint32_t datagrams_to_internal;
+	uint32_t datagrams_to_client;
 };
 
 struct udp_forward {
@@ -93,8 +91,11 @@ struct udp_relay {
 	struct udp_forward *forwards;
 	unsigned forward_count;
 	unsigned socket_count;
-	/* Scratch space for one datagram; the loop handles one at a time. */
-	unsigned char buffer[UDP_BUFFER_SIZE];
+	/* Every flow socket of this worker, watched as one fd by the event loop. */
+	int flow_epoll_fd;
+	struct event *flow_epoll_event;
+	/* Buffers for one batch; the loop handles one socket at a time. */
+	struct udp_batch batch;
 };
 
 static uint64_t udp_now_ms(struct relay_ctx *ctx)
@@ -133,9 +134,7 @@ static void udp_flow_free(struct udp_forward *forward, struct udp_flow *flow, co
 	}
 	flow_table_remove(&forward->flows, &flow->entry);
 	atomic_fetch_sub(forward->flows_open, 1);
-	if (flow->event != NULL)
-		event_free(flow->event);
-	close(flow->fd);
+	close(flow->fd);   /* also leaves the epoll set: the fd is not shared */
 	free(flow);
 }
 
@@ -208,79 +207,88 @@ static void udp_local_from_cmsg(struct udp_local *local, struct msghdr *msg)
 	}
 }
 
-/* Sends one reply to the flow's client from the external socket. */
-static void udp_send_to_client(struct udp_forward *forward, struct udp_flow *flow,
-			       const void *data, size_t len)
+/* Writes the flow's reply source address (IP_PKTINFO) into control. */
+static socklen_t udp_reply_control(const struct udp_flow *flow, union udp_control *control)
 {
-	struct iovec iov = { .iov_base = (void *)data, .iov_len = len };
-	struct msghdr msg = { .msg_name = &flow->client, .msg_namelen = flow->client_len,
-			      .msg_iov = &iov, .msg_iovlen = 1 };
-	union {
-		char buf[CMSG_SPACE(sizeof(struct in6_pktinfo))];
-		struct cmsghdr align;
-	} control;
-
-	if (flow->port->wildcard && flow->local.known) {
-		bool v4 = flow->local.level == IPPROTO_IP;
-		size_t info_len = v4 ? sizeof flow->local.info.v4 : sizeof flow->local.info.v6;
-		memset(&control, 0, sizeof control);
-		msg.msg_control = control.buf;
-		msg.msg_controllen = CMSG_SPACE(info_len);
-		struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
-		cmsg->cmsg_level = flow->local.level;
-		cmsg->cmsg_type = v4 ? IP_PKTINFO : IPV6_PKTINFO;
-		cmsg->cmsg_len = CMSG_LEN(info_len);
-		memcpy(CMSG_DATA(cmsg), &flow->local.info, info_len);
-	}
-	if (sendmsg(flow->port->fd, &msg, MSG_DONTWAIT) < 0) {
-		/* UDP has no back-pressure: a full socket buffer drops, as a router would. */
-		forward->ctx->counters.udp_dropped_send++;
-		return;
-	}
-	forward->ctx->counters.udp_datagrams_to_client++;
-	flow->datagrams_to_client++;
+	bool v4 = flow->local.level == IPPROTO_IP;
+	size_t info_len = v4 ? sizeof flow->local.info.v4 : sizeof flow->local.info.v6;
+	struct msghdr msg = { .msg_control = control->buf, .msg_controllen = CMSG_SPACE(info_len) };
+	memset(control, 0, sizeof *control);
+	struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+	cmsg->cmsg_level = flow->local.level;
+	cmsg->cmsg_type = v4 ? IP_PKTINFO : IPV6_PKTINFO;
+	cmsg->cmsg_len = CMSG_LEN(info_len);
+	memcpy(CMSG_DATA(cmsg), &flow->local.info, info_len);
+	return (socklen_t)CMSG_SPACE(info_len);
 }
 
-/* Replies from the internal server, read until EAGAIN or the turn ends. */
-static void udp_flow_on_readable(evutil_socket_t fd, short what, void *arg)
+/*
+ * Replies from the internal server: one batch, sent back to the client from
+ * the external socket in one sendmmsg.
+ */
+static void udp_flow_relay_replies(struct udp_relay *udp, struct udp_flow *flow)
 {
-	struct udp_flow *flow = arg;
 	struct udp_forward *forward = flow->port->forward;
 	struct relay_ctx *ctx = forward->ctx;
-	unsigned char *buffer = forward->relay->buffer;
-	(void)what;
+	struct udp_batch *batch = &udp->batch;
+	int received = -1;
 
-	for (int i = 0; i < UDP_DATAGRAMS_PER_WAKEUP; i++) {
-		/* MSG_TRUNC makes recv return the datagram's real length. */
-		ssize_t len = recv(fd, buffer, UDP_BUFFER_SIZE, MSG_TRUNC);
-		if (len < 0) {
-			if (errno == EAGAIN || errno == EWOULDBLOCK)
-				break;
-			if (errno == ECONNREFUSED) {
-				/*
-				 * ICMP port unreachable for an earlier datagram. Reading
-				 * it cleared it; the flow stays, since the server may
-				 * come back, and expires as usual if it does not.
-				 */
-				ctx->counters.udp_refused++;
-				continue;
-			}
-			if (errno == EINTR)
-				continue;
-			log_debug(forward->fwd->name, "udp flow recv: %s", strerror(errno));
+	/*
+	 * An ICMP port unreachable for an earlier datagram surfaces here as
+	 * ECONNREFUSED; reading it clears it. The flow stays (the server may
+	 * come back) and expires as usual if it does not.
+	 */
+	for (int attempt = 0; attempt < 2 && received < 0; attempt++) {
+		received = udp_batch_receive(batch, flow->fd, false);
+		if (received < 0 && errno != ECONNREFUSED)
 			break;
-		}
-		if ((size_t)len > UDP_BUFFER_SIZE) {
+		if (received < 0)
+			ctx->counters.udp_refused++;
+	}
+	if (received <= 0)
+		return;
+
+	union udp_control control;
+	socklen_t control_len = 0;
+	if (flow->port->wildcard && flow->local.known)
+		control_len = udp_reply_control(flow, &control);
+	unsigned queued = 0;
+	for (unsigned i = 0; i < (unsigned)received; i++) {
+		if (udp_batch_truncated(batch, i)) {
 			ctx->counters.udp_dropped_truncated++;
 			continue;
 		}
-		udp_send_to_client(forward, flow, buffer, (size_t)len);
+		udp_batch_queue(batch, queued, i);
+		struct msghdr *hdr = &batch->out[queued].msg_hdr;
+		hdr->msg_name = &flow->client;
+		hdr->msg_namelen = flow->client_len;
+		hdr->msg_control = control_len != 0 ? control.buf : NULL;
+		hdr->msg_controllen = control_len;
+		queued++;
 	}
+	uint64_t unused_refused = 0;
+	unsigned sent = udp_batch_send(batch, flow->port->fd, queued, &unused_refused);
+	/* UDP has no back-pressure: what the socket cannot take is dropped, as a router would. */
+	ctx->counters.udp_dropped_send += queued - sent;
+	ctx->counters.udp_datagrams_to_client += sent;
+	flow->datagrams_to_client += sent;
 	udp_flow_touch(forward, flow);
 }
 
+/* Some flow sockets are readable: serve a bounded number of them. */
+static void udp_on_flow_sockets(evutil_socket_t fd, short what, void *arg)
+{
+	struct udp_relay *udp = arg;
+	struct epoll_event ready[UDP_FLOWS_PER_WAKEUP];
+	(void)what;
+
+	int count = epoll_wait(fd, ready, UDP_FLOWS_PER_WAKEUP, 0);
+	for (int i = 0; i < count; i++)
+		udp_flow_relay_replies(udp, ready[i].data.ptr);
+}
+
 static struct udp_flow *udp_flow_open(struct udp_port *port, const struct flow_key *key,
-				      uint32_t hash, const struct sockaddr *client,
+				      uint32_t hash, const union udp_sockaddr *client,
 				      socklen_t client_len)
 {
 	struct udp_forward *forward = port->forward;
@@ -301,11 +309,9 @@ static struct udp_flow *udp_flow_open(struct udp_port *port, const struct flow_k
 	net_addr_set_port(&internal, (uint16_t)(forward->fwd->internal_port_first +
 						(port->port - forward->fwd->external_port_first)));
 	flow->fd = net_connect_udp(&internal);
-	if (flow->fd < 0)
-		goto fail;
-	flow->event = event_new(ctx->base, flow->fd, EV_READ | EV_PERSIST, udp_flow_on_readable,
-				flow);
-	if (flow->event == NULL || event_add(flow->event, NULL) < 0)
+	struct epoll_event interest = { .events = EPOLLIN, .data.ptr = flow };
+	if (flow->fd < 0 ||
+	    epoll_ctl(forward->relay->flow_epoll_fd, EPOLL_CTL_ADD, flow->fd, &interest) < 0)
 		goto fail;
 
 	uint64_t now = udp_now_ms(ctx);
@@ -326,8 +332,6 @@ fail:
 	ctx->counters.udp_flow_failed++;
 	udp_warn_limited(forward, "cannot open a flow socket");
 	if (flow != NULL) {
-		if (flow->event != NULL)
-			event_free(flow->event);
 		if (flow->fd >= 0)
 			close(flow->fd);
 		free(flow);
@@ -335,82 +339,82 @@ fail:
 	return NULL;
 }
 
-/* Sends a client's datagram to the internal server through its flow. */
-static void udp_send_to_internal(struct udp_forward *forward, struct udp_flow *flow,
-				 const void *data, size_t len)
+/* The flow of received datagram i: found, or opened for a new client. */
+static struct udp_flow *udp_flow_for(struct udp_port *port, struct udp_batch *batch, unsigned i)
 {
-	for (int attempt = 0; attempt < 2; attempt++) {
-		if (send(flow->fd, data, len, MSG_DONTWAIT) >= 0) {
-			forward->ctx->counters.udp_datagrams_to_internal++;
-			flow->datagrams_to_internal++;
-			return;
-		}
-		/*
-		 * A pending ICMP error from an earlier datagram is reported by this
-		 * send instead of sending; it is now cleared, so try once more.
-		 */
-		if (errno != ECONNREFUSED)
-			break;
-		forward->ctx->counters.udp_refused++;
-	}
-	forward->ctx->counters.udp_dropped_send++;
+	struct udp_forward *forward = port->forward;
+	struct flow_key key;
+	flow_key_set(&key, &batch->from[i].sa, port->port);
+	uint32_t hash = flow_table_hash(&forward->flows, &key);
+	struct flow_entry *entry = flow_table_lookup(&forward->flows, &key, hash);
+	if (entry != NULL)
+		return udp_flow_of(entry);
+	return udp_flow_open(port, &key, hash, &batch->from[i], batch->in[i].msg_hdr.msg_namelen);
 }
 
-/* Datagrams from clients, read until EAGAIN or the turn ends. */
+/*
+ * Sends received datagrams [first, last) of one flow to the internal server
+ * through the flow's socket, in one sendmmsg.
+ */
+static void udp_flow_send_run(struct udp_batch *batch, struct udp_flow *flow, unsigned first,
+			      unsigned last)
+{
+	struct relay_ctx *ctx = flow->port->forward->ctx;
+	for (unsigned i = first; i < last; i++)
+		udp_batch_queue(batch, i - first, i);
+	unsigned sent = udp_batch_send(batch, flow->fd, last - first, &ctx->counters.udp_refused);
+	ctx->counters.udp_dropped_send += (last - first) - sent;
+	ctx->counters.udp_datagrams_to_internal += sent;
+	flow->datagrams_to_internal += sent;
+	udp_flow_touch(flow->port->forward, flow);
+}
+
+/* One batch from clients: find each datagram's flow, then send per flow. */
+static void udp_port_relay_batch(struct udp_port *port, struct udp_batch *batch, unsigned count)
+{
+	struct relay_ctx *ctx = port->forward->ctx;
+	struct udp_flow *flows[UDP_BATCH];
+
+	for (unsigned i = 0; i < count; i++) {
+		flows[i] = NULL;
+		if (udp_batch_truncated(batch, i)) {
+			ctx->counters.udp_dropped_truncated++;
+			continue;
+		}
+		flows[i] = udp_flow_for(port, batch, i);
+		if (flows[i] != NULL && port->wildcard)
+			udp_local_from_cmsg(&flows[i]->local, &batch->in[i].msg_hdr);
+	}
+	/* Consecutive datagrams of one flow (a busy client) go out together. */
+	for (unsigned first = 0; first < count;) {
+		unsigned last = first + 1;
+		while (last < count && flows[last] == flows[first])
+			last++;
+		if (flows[first] != NULL)
+			udp_flow_send_run(batch, flows[first], first, last);
+		first = last;
+	}
+}
+
+/* Datagrams from clients, a bounded number of batches per wake-up. */
 static void udp_port_on_readable(evutil_socket_t fd, short what, void *arg)
 {
 	struct udp_port *port = arg;
 	struct udp_forward *forward = port->forward;
-	struct relay_ctx *ctx = forward->ctx;
-	unsigned char *buffer = forward->relay->buffer;
+	struct udp_batch *batch = &forward->relay->batch;
 	(void)what;
 
-	for (int i = 0; i < UDP_DATAGRAMS_PER_WAKEUP; i++) {
-		union {
-			struct sockaddr sa;
-			struct sockaddr_in v4;
-			struct sockaddr_in6 v6;
-		} client;
-		union {
-			char buf[CMSG_SPACE(sizeof(struct in6_pktinfo)) +
-				 CMSG_SPACE(sizeof(struct in_pktinfo))];
-			struct cmsghdr align;
-		} control;
-		struct iovec iov = { .iov_base = buffer, .iov_len = UDP_BUFFER_SIZE };
-		struct msghdr msg = { .msg_name = &client, .msg_namelen = sizeof client,
-				      .msg_iov = &iov, .msg_iovlen = 1 };
-		if (port->wildcard) {
-			msg.msg_control = control.buf;
-			msg.msg_controllen = sizeof control.buf;
+	for (int round = 0; round < UDP_BATCHES_PER_WAKEUP; round++) {
+		int received = udp_batch_receive(batch, fd, port->wildcard);
+		if (received < 0) {
+			if (errno != EAGAIN && errno != EWOULDBLOCK)
+				log_debug(forward->fwd->name, "udp recv on port %u: %s", port->port,
+					  strerror(errno));
+			return;
 		}
-		ssize_t len = recvmsg(fd, &msg, 0);
-		if (len < 0) {
-			if (errno == EAGAIN || errno == EWOULDBLOCK)
-				break;
-			if (errno == EINTR)
-				continue;
-			log_debug(forward->fwd->name, "udp recv on port %u: %s", port->port,
-				  strerror(errno));
-			break;
-		}
-		if (msg.msg_flags & MSG_TRUNC) {
-			ctx->counters.udp_dropped_truncated++;
-			continue;
-		}
-
-		struct flow_key key;
-		flow_key_set(&key, &client.sa, port->port);
-		uint32_t hash = flow_table_hash(&forward->flows, &key);
-		struct flow_entry *entry = flow_table_lookup(&forward->flows, &key, hash);
-		struct udp_flow *flow = entry != NULL ? udp_flow_of(entry)
-						       : udp_flow_open(port, &key, hash, &client.sa,
-								       msg.msg_namelen);
-		if (flow == NULL)
-			continue;
-		if (port->wildcard)
-			udp_local_from_cmsg(&flow->local, &msg);
-		udp_send_to_internal(forward, flow, buffer, (size_t)len);
-		udp_flow_touch(forward, flow);
+		udp_port_relay_batch(port, batch, (unsigned)received);
+		if (received < UDP_BATCH)
+			return;
 	}
 }
 
@@ -489,9 +493,18 @@ struct udp_relay *udp_relay_open(struct relay_ctx *ctx)
 	if (udp == NULL)
 		return NULL;
 	udp->ctx = ctx;
+	udp->flow_epoll_fd = -1;
 	udp->forwards = calloc(cfg->forward_count + 1, sizeof *udp->forwards);
-	if (udp->forwards == NULL) {
-		free(udp);
+	if (udp->forwards == NULL || udp_batch_init(&udp->batch) < 0 ||
+	    (udp->flow_epoll_fd = epoll_create1(EPOLL_CLOEXEC)) < 0) {
+		log_error(NULL, "cannot set up UDP relaying: %s", strerror(errno));
+		udp_relay_free(udp);
+		return NULL;
+	}
+	udp->flow_epoll_event = event_new(ctx->base, udp->flow_epoll_fd, EV_READ | EV_PERSIST,
+					  udp_on_flow_sockets, udp);
+	if (udp->flow_epoll_event == NULL || event_add(udp->flow_epoll_event, NULL) < 0) {
+		udp_relay_free(udp);
 		return NULL;
 	}
 	for (size_t i = 0; i < cfg->forward_count; i++) {
@@ -527,6 +540,11 @@ void udp_relay_free(struct udp_relay *udp)
 		return;
 	for (unsigned i = 0; i < udp->forward_count; i++)
 		udp_forward_close(&udp->forwards[i]);
+	if (udp->flow_epoll_event != NULL)
+		event_free(udp->flow_epoll_event);
+	if (udp->flow_epoll_fd >= 0)
+		close(udp->flow_epoll_fd);
+	udp_batch_free(&udp->batch);
 	free(udp->forwards);
 	free(udp);
 }

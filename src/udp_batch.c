@@ -1,0 +1,75 @@
+/*
+ * udp_batch.c - recvmmsg/sendmmsg with fixed buffers.
+ */
+#include "portrelay/udp_batch.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+int udp_batch_init(struct udp_batch *batch)
+{
+	memset(batch, 0, sizeof *batch);
+	/* malloc, not calloc: pages stay unmapped until a datagram lands in them. */
+	batch->buffers = malloc((size_t)UDP_BATCH * UDP_BUFFER_SIZE);
+	return batch->buffers != NULL ? 0 : -1;
+}
+
+void udp_batch_free(struct udp_batch *batch)
+{
+	free(batch->buffers);
+	batch->buffers = NULL;
+}
+
+int udp_batch_receive(struct udp_batch *batch, int fd, bool want_control)
+{
+	for (unsigned i = 0; i < UDP_BATCH; i++) {
+		struct msghdr *hdr = &batch->in[i].msg_hdr;
+		batch->in_iov[i].iov_base = udp_batch_data(batch, i);
+		batch->in_iov[i].iov_len = UDP_BUFFER_SIZE;
+		hdr->msg_name = &batch->from[i];
+		hdr->msg_namelen = sizeof batch->from[i];
+		hdr->msg_iov = &batch->in_iov[i];
+		hdr->msg_iovlen = 1;
+		hdr->msg_control = want_control ? batch->control[i].buf : NULL;
+		hdr->msg_controllen = want_control ? sizeof batch->control[i].buf : 0;
+		hdr->msg_flags = 0;
+	}
+	int received;
+	do
+		received = recvmmsg(fd, batch->in, UDP_BATCH, MSG_DONTWAIT, NULL);
+	while (received < 0 && errno == EINTR);
+	return received;
+}
+
+void udp_batch_queue(struct udp_batch *batch, unsigned slot, unsigned i)
+{
+	batch->out_iov[slot].iov_base = udp_batch_data(batch, i);
+	batch->out_iov[slot].iov_len = batch->in[i].msg_len;
+	memset(&batch->out[slot], 0, sizeof batch->out[slot]);
+	batch->out[slot].msg_hdr.msg_iov = &batch->out_iov[slot];
+	batch->out[slot].msg_hdr.msg_iovlen = 1;
+}
+
+unsigned udp_batch_send(struct udp_batch *batch, int fd, unsigned count, uint64_t *refused)
+{
+	unsigned sent = 0, next = 0;
+	bool retried = false;
+	while (next < count) {
+		int done = sendmmsg(fd, batch->out + next, count - next, MSG_DONTWAIT);
+		if (done > 0) {
+			sent += (unsigned)done;
+			next += (unsigned)done;
+		} else if (done < 0 && errno == EINTR) {
+			continue;
+		} else if (done < 0 && errno == ECONNREFUSED && !retried) {
+			(*refused)++;
+			retried = true;
+		} else if (done < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS)) {
+			break;
+		} else {
+			next++;   /* this one cannot go (EMSGSIZE, ...): skip it */
+		}
+	}
+	return sent;
+}
