@@ -14,7 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
-static void net_addr_from_sockaddr(struct net_addr *addr, const struct sockaddr *sa, socklen_t len)
+void net_addr_set(struct net_addr *addr, const struct sockaddr *sa, socklen_t len)
 {
 	memset(addr, 0, sizeof *addr);
 	memcpy(&addr->ss, sa, len);
@@ -27,11 +27,11 @@ int net_addr_parse_ip(const char *text, uint16_t port, struct net_addr *addr_out
 	struct sockaddr_in6 sin6 = { .sin6_family = AF_INET6, .sin6_port = htons(port) };
 
 	if (inet_pton(AF_INET, text, &sin.sin_addr) == 1) {
-		net_addr_from_sockaddr(addr_out, (struct sockaddr *)&sin, sizeof sin);
+		net_addr_set(addr_out, (struct sockaddr *)&sin, sizeof sin);
 		return 0;
 	}
 	if (inet_pton(AF_INET6, text, &sin6.sin6_addr) == 1) {
-		net_addr_from_sockaddr(addr_out, (struct sockaddr *)&sin6, sizeof sin6);
+		net_addr_set(addr_out, (struct sockaddr *)&sin6, sizeof sin6);
 		return 0;
 	}
 	return -1;
@@ -50,7 +50,7 @@ int net_addr_resolve(const char *host, uint16_t port, struct net_addr *addr_out,
 		snprintf(reason_out, reason_len, "%s", rc != 0 ? gai_strerror(rc) : "no address");
 		return -1;
 	}
-	net_addr_from_sockaddr(addr_out, found->ai_addr, found->ai_addrlen);
+	net_addr_set(addr_out, found->ai_addr, found->ai_addrlen);
 	net_addr_set_port(addr_out, port);
 	freeaddrinfo(found);
 	return 0;

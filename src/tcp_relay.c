@@ -12,6 +12,12 @@
 
 #include <errno.h>
 #include <event2/event.h>
+/*
+ * Events are embedded in the session (one allocation per connection instead
+ * of four); this ties the binary to the libevent it was built against, which
+ * the distribution's packaging does anyway.
+ */
+#include <event2/event_struct.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -31,8 +37,8 @@ enum session_state {
 /* One socket of the session and the readiness it currently waits for. */
 struct endpoint {
 	int fd;
-	struct event *event;
 	short interest;   /* EV_READ | EV_WRITE, or 0 */
+	struct event event;
 };
 
 struct tcp_session {
@@ -46,9 +52,10 @@ struct tcp_session {
 	struct pump to_client;            /* internal -> client */
 	enum pump_status to_internal_status;
 	enum pump_status to_client_status;
-	struct event *timer;              /* connect timeout, then idle timeout */
-	struct net_addr client_addr;
-	struct net_addr internal_addr;
+	struct event timer;               /* connect timeout, then idle timeout */
+	union net_sockaddr client_addr;
+	socklen_t client_addr_len;
+	uint16_t internal_port;
 	struct timeval started;
 	struct timeval last_active;
 };
@@ -66,25 +73,23 @@ static void endpoint_watch(struct tcp_session *session, struct endpoint *endpoin
 {
 	if (endpoint->interest == interest)
 		return;
-	event_del(endpoint->event);
-	event_assign(endpoint->event, session->ctx->base, endpoint->fd, interest | EV_PERSIST,
+	event_del(&endpoint->event);
+	event_assign(&endpoint->event, session->ctx->base, endpoint->fd, interest | EV_PERSIST,
 		     session_on_socket, session);
 	if (interest != 0)
-		event_add(endpoint->event, NULL);
+		event_add(&endpoint->event, NULL);
 	endpoint->interest = interest;
 }
 
 static void endpoint_close(struct endpoint *endpoint, bool reset)
 {
-	if (endpoint->event != NULL)
-		event_free(endpoint->event);
+	event_del(&endpoint->event);
 	if (endpoint->fd >= 0) {
 		if (reset)
 			net_close_reset(endpoint->fd);
 		else
 			close(endpoint->fd);
 	}
-	endpoint->event = NULL;
 	endpoint->fd = -1;
 }
 
@@ -100,8 +105,7 @@ static void session_close(struct tcp_session *session, bool reset_client, bool r
 
 	endpoint_close(&session->client, reset_client);
 	endpoint_close(&session->internal, reset_internal);
-	if (session->timer != NULL)
-		event_free(session->timer);
+	event_del(&session->timer);
 	pump_release(&session->to_internal);
 	pump_release(&session->to_client);
 	free(session);
@@ -112,6 +116,27 @@ static void session_close(struct tcp_session *session, bool reset_client, bool r
 void tcp_session_free(struct tcp_session *session)
 {
 	session_close(session, false, false);
+}
+
+static struct net_addr session_internal_addr(const struct tcp_session *session)
+{
+	struct net_addr addr = session->forward->internal_addr;
+	net_addr_set_port(&addr, session->internal_port);
+	return addr;
+}
+
+static const char *session_internal_text(const struct tcp_session *session, char *buf,
+					 size_t len)
+{
+	struct net_addr addr = session_internal_addr(session);
+	return net_addr_format(&addr, buf, len);
+}
+
+static const char *session_client_text(const struct tcp_session *session, char *buf, size_t len)
+{
+	struct net_addr addr;
+	net_addr_set(&addr, &session->client_addr.sa, session->client_addr_len);
+	return net_addr_format(&addr, buf, len);
 }
 
 /* Logs the session's summary at debug level, then frees it. */
@@ -126,8 +151,8 @@ static void session_end(struct tcp_session *session, const char *reason, bool re
 		log_debug(session->forward->name,
 			  "tcp closed %s -> %s: %llu bytes to internal, %llu bytes to client, "
 			  "%.3f s, %s",
-			  net_addr_format(&session->client_addr, client, sizeof client),
-			  net_addr_format(&session->internal_addr, internal, sizeof internal),
+			  session_client_text(session, client, sizeof client),
+			  session_internal_text(session, internal, sizeof internal),
 			  (unsigned long long)session->to_internal.bytes,
 			  (unsigned long long)session->to_client.bytes, timeval_seconds(&elapsed),
 			  reason);
@@ -215,9 +240,9 @@ static void session_relay(struct tcp_session *session, short client_events, shor
 static void session_arm_idle_timer(struct tcp_session *session, const struct timeval *delay)
 {
 	if (timerisset(&session->ctx->tcp_idle_timeout))
-		event_add(session->timer, delay);
+		event_add(&session->timer, delay);
 	else
-		event_del(session->timer);
+		event_del(&session->timer);
 }
 
 static void session_connected(struct tcp_session *session)
@@ -289,22 +314,20 @@ static struct tcp_session *session_new(struct relay_ctx *ctx, const struct forwa
 		return NULL;
 	session->ctx = ctx;
 	session->forward = fwd;
-	session->client_addr = *client_addr;
+	socklen_t len = client_addr->len <= sizeof session->client_addr ? client_addr->len : 0;
+	memcpy(&session->client_addr, &client_addr->ss, len);
+	session->client_addr_len = len;
 	session->client.fd = client_fd;
 	session->internal.fd = -1;
 	pump_init(&session->to_internal, relay_ctx_pipes(ctx));
 	pump_init(&session->to_client, relay_ctx_pipes(ctx));
-	session->client.event = event_new(ctx->base, -1, 0, session_on_socket, session);
-	session->internal.event = event_new(ctx->base, -1, 0, session_on_socket, session);
-	session->timer = evtimer_new(ctx->base, session_on_timer, session);
+	/* Assigned once with no fd, so that endpoint_watch may always event_del. */
+	event_assign(&session->client.event, ctx->base, -1, 0, session_on_socket, session);
+	event_assign(&session->internal.event, ctx->base, -1, 0, session_on_socket, session);
+	evtimer_assign(&session->timer, ctx->base, session_on_timer, session);
 	event_base_gettimeofday_cached(ctx->base, &session->started);
 	TAILQ_INSERT_TAIL(&ctx->sessions, session, link);
 	ctx->session_count++;
-	if (session->client.event == NULL || session->internal.event == NULL ||
-	    session->timer == NULL) {
-		session_close(session, true, false);
-		return NULL;
-	}
 	return session;
 }
 
@@ -315,13 +338,14 @@ void tcp_session_start(struct relay_ctx *ctx, const struct forward *fwd, uint16_
 	struct tcp_session *session = session_new(ctx, fwd, client_fd, client_addr);
 	if (session == NULL) {
 		log_warn(fwd->name, "out of memory for a new connection; closing it");
+		net_close_reset(client_fd);
 		return;
 	}
 
-	session->internal_addr = fwd->internal_addr;
-	net_addr_set_port(&session->internal_addr,
-			  (uint16_t)(fwd->internal_port_first + (port - fwd->external_port_first)));
-	session->internal.fd = net_connect_tcp(&session->internal_addr);
+	session->internal_port = (uint16_t)(fwd->internal_port_first +
+					    (port - fwd->external_port_first));
+	struct net_addr internal_addr = session_internal_addr(session);
+	session->internal.fd = net_connect_tcp(&internal_addr);
 	if (session->internal.fd < 0) {
 		int error = errno;
 		ctx->counters.tcp_connect_failed++;
@@ -338,5 +362,5 @@ void tcp_session_start(struct relay_ctx *ctx, const struct forward *fwd, uint16_
 	listener_set_fds_recovered(ctx->listeners);
 	session->state = SESSION_CONNECTING;
 	endpoint_watch(session, &session->internal, EV_WRITE);
-	event_add(session->timer, &ctx->tcp_connect_timeout);
+	event_add(&session->timer, &ctx->tcp_connect_timeout);
 }

@@ -64,7 +64,7 @@ struct udp_flow {
 	struct udp_port *port;
 	int fd;                        /* connected to the internal host:port */
 	socklen_t client_len;
-	union udp_sockaddr client;
+	union net_sockaddr client;
 	struct udp_local local;
 	uint64_t created_ms;
 	uint32_t datagrams_to_internal;
@@ -117,8 +117,8 @@ static void udp_flow_free(struct udp_forward *forward, struct udp_flow *flow, co
 {
 	if (reason != NULL && log_enabled(LOG_LEVEL_DEBUG)) {
 		char client[NET_ADDR_STRLEN], internal[NET_ADDR_STRLEN];
-		struct net_addr client_addr = { .len = flow->client_len };
-		memcpy(&client_addr.ss, &flow->client, flow->client_len);
+		struct net_addr client_addr;
+		net_addr_set(&client_addr, &flow->client.sa, flow->client_len);
 		struct net_addr internal_addr = forward->fwd->internal_addr;
 		net_addr_set_port(&internal_addr,
 				  (uint16_t)(forward->fwd->internal_port_first +
@@ -288,7 +288,7 @@ static void udp_on_flow_sockets(evutil_socket_t fd, short what, void *arg)
 }
 
 static struct udp_flow *udp_flow_open(struct udp_port *port, const struct flow_key *key,
-				      uint32_t hash, const union udp_sockaddr *client,
+				      uint32_t hash, const union net_sockaddr *client,
 				      socklen_t client_len)
 {
 	struct udp_forward *forward = port->forward;

@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 
 /* An IPv4 or IPv6 socket address with its length. */
@@ -16,6 +17,19 @@ struct net_addr {
 	struct sockaddr_storage ss;
 	socklen_t len;
 };
+
+/*
+ * An IPv4 or IPv6 socket address in 28 bytes rather than sockaddr_storage's
+ * 128: for what is kept per connection or per flow.
+ */
+union net_sockaddr {
+	struct sockaddr sa;
+	struct sockaddr_in v4;
+	struct sockaddr_in6 v6;
+};
+
+/* Copies an IPv4/IPv6 sockaddr of length len into a net_addr. */
+void net_addr_set(struct net_addr *addr, const struct sockaddr *sa, socklen_t len);
 
 /* Enough for "[ffff:...:ffff%interface]:65535". */
 #define NET_ADDR_STRLEN 80

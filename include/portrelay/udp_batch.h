@@ -12,6 +12,8 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "portrelay/net.h"
+
 /* Datagrams per system call. */
 #define UDP_BATCH 32
 /*
@@ -22,12 +24,6 @@
  */
 #define UDP_BUFFER_SIZE 65536
 
-union udp_sockaddr {
-	struct sockaddr sa;
-	struct sockaddr_in v4;
-	struct sockaddr_in6 v6;
-};
-
 /* Room for the destination address of a datagram (IP_PKTINFO / IPV6_PKTINFO). */
 union udp_control {
 	char buf[CMSG_SPACE(sizeof(struct in6_pktinfo)) + CMSG_SPACE(sizeof(struct in_pktinfo))];
@@ -37,7 +33,7 @@ union udp_control {
 struct udp_batch {
 	struct mmsghdr in[UDP_BATCH];
 	struct iovec in_iov[UDP_BATCH];
-	union udp_sockaddr from[UDP_BATCH];
+	union net_sockaddr from[UDP_BATCH];
 	union udp_control control[UDP_BATCH];
 	struct mmsghdr out[UDP_BATCH];
 	struct iovec out_iov[UDP_BATCH];
