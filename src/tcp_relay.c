@@ -245,17 +245,23 @@ static void session_arm_idle_timer(struct tcp_session *session, const struct tim
 		event_del(&session->timer);
 }
 
+/* The internal host cannot be reached: the client gets a reset, as from a refusal. */
+static void session_connect_failed(struct tcp_session *session, int error)
+{
+	char reason[128];
+	session->ctx->counters.tcp_connect_failed++;
+	if (error == ECONNREFUSED)
+		snprintf(reason, sizeof reason, "connect refused");
+	else
+		snprintf(reason, sizeof reason, "connect failed: %s", strerror(error));
+	session_end(session, reason, true, false);
+}
+
 static void session_connected(struct tcp_session *session)
 {
 	int error = net_socket_error(session->internal.fd);
 	if (error != 0) {
-		session->ctx->counters.tcp_connect_failed++;
-		char reason[128];
-		if (error == ECONNREFUSED)
-			snprintf(reason, sizeof reason, "connect refused");
-		else
-			snprintf(reason, sizeof reason, "connect failed: %s", strerror(error));
-		session_end(session, reason, true, false);
+		session_connect_failed(session, error);
 		return;
 	}
 	session->state = SESSION_RELAYING;
@@ -348,15 +354,9 @@ void tcp_session_start(struct relay_ctx *ctx, const struct forward *fwd, uint16_
 	session->internal.fd = net_connect_tcp(&internal_addr);
 	if (session->internal.fd < 0) {
 		int error = errno;
-		ctx->counters.tcp_connect_failed++;
 		if (error == EMFILE || error == ENFILE)
 			listener_set_pause_for_fds(ctx->listeners);
-		char reason[128];
-		if (error == ECONNREFUSED)
-			snprintf(reason, sizeof reason, "connect refused");
-		else
-			snprintf(reason, sizeof reason, "connect failed: %s", strerror(error));
-		session_end(session, reason, true, false);
+		session_connect_failed(session, error);
 		return;
 	}
 	listener_set_fds_recovered(ctx->listeners);
