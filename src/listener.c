@@ -45,7 +45,7 @@ struct listener_set {
 	bool paused;
 	bool exhausted;
 	unsigned backoff_ms;
-	struct timeval exhausted_since;
+	uint64_t exhausted_since_ms;
 };
 
 static void listener_set_enable(struct listener_set *set, bool enable)
@@ -76,7 +76,7 @@ void listener_set_pause_for_fds(struct listener_set *set)
 		set->exhausted = true;
 		set->backoff_ms = FD_BACKOFF_FIRST_MS;
 		set->ctx->counters.accept_fd_exhausted++;
-		event_base_gettimeofday_cached(set->ctx->base, &set->exhausted_since);
+		set->exhausted_since_ms = relay_now_ms();
 		struct fd_episode *episode = set->ctx->options.fd_episode;
 		if (atomic_fetch_add(&episode->exhausted_workers, 1) == 0)
 			log_warn(NULL, "out of file descriptors (%s, %u sessions open): pausing "
@@ -106,11 +106,8 @@ void listener_set_fds_recovered(struct listener_set *set)
 	struct fd_episode *episode = set->ctx->options.fd_episode;
 	if (atomic_fetch_sub(&episode->exhausted_workers, 1) != 1)
 		return;   /* another worker is still short: the episode goes on */
-	struct timeval now, lasted;
-	event_base_gettimeofday_cached(set->ctx->base, &now);
-	timersub(&now, &set->exhausted_since, &lasted);
 	log_info(NULL, "file descriptors available again after %.1f s: accepting",
-		 (double)lasted.tv_sec + (double)lasted.tv_usec / 1e6);
+		 (double)(relay_now_ms() - set->exhausted_since_ms) / 1000.0);
 }
 
 static void listener_on_accept(evutil_socket_t fd, short what, void *arg)

@@ -5,6 +5,7 @@
 
 #include <math.h>
 #include <string.h>
+#include <time.h>
 
 #include "portrelay/listener.h"
 #include "portrelay/log.h"
@@ -22,6 +23,19 @@ struct timeval relay_seconds_to_timeval(double seconds)
 	return tv;
 }
 
+struct timeval relay_ms_to_timeval(uint64_t ms)
+{
+	struct timeval tv = { .tv_sec = (time_t)(ms / 1000), .tv_usec = (suseconds_t)(ms % 1000) * 1000 };
+	return tv;
+}
+
+uint64_t relay_now_ms(void)
+{
+	struct timespec now;
+	clock_gettime(CLOCK_MONOTONIC_COARSE, &now);
+	return (uint64_t)now.tv_sec * 1000 + (uint64_t)now.tv_nsec / 1000000;
+}
+
 void relay_ctx_init(struct relay_ctx *ctx, struct event_base *base, const struct config *cfg,
 		    const struct relay_options *options)
 {
@@ -33,6 +47,7 @@ void relay_ctx_init(struct relay_ctx *ctx, struct event_base *base, const struct
 	TAILQ_INIT(&ctx->sessions);
 	ctx->tcp_connect_timeout = relay_seconds_to_timeval(cfg->tcp_connect_timeout);
 	ctx->tcp_idle_timeout = relay_seconds_to_timeval(cfg->tcp_idle_timeout);
+	ctx->tcp_idle_timeout_ms = (uint64_t)(cfg->tcp_idle_timeout * 1000.0);
 }
 
 int relay_ctx_open(struct relay_ctx *ctx)

@@ -56,17 +56,12 @@ struct tcp_session {
 	union net_sockaddr client_addr;
 	socklen_t client_addr_len;
 	uint16_t internal_port;
-	struct timeval started;
-	struct timeval last_active;
+	uint64_t started_ms;              /* relay_now_ms() */
+	uint64_t last_active_ms;
 };
 
 static void session_on_socket(evutil_socket_t fd, short what, void *arg);
 static void session_on_timer(evutil_socket_t fd, short what, void *arg);
-
-static double timeval_seconds(const struct timeval *tv)
-{
-	return (double)tv->tv_sec + (double)tv->tv_usec / 1e6;
-}
 
 /* Changes what an endpoint waits for; libevent batches the epoll updates. */
 static void endpoint_watch(struct tcp_session *session, struct endpoint *endpoint, short interest)
@@ -145,16 +140,14 @@ static void session_end(struct tcp_session *session, const char *reason, bool re
 {
 	if (log_enabled(LOG_LEVEL_DEBUG)) {
 		char client[NET_ADDR_STRLEN], internal[NET_ADDR_STRLEN];
-		struct timeval now, elapsed;
-		event_base_gettimeofday_cached(session->ctx->base, &now);
-		timersub(&now, &session->started, &elapsed);
+		double elapsed = (double)(relay_now_ms() - session->started_ms) / 1000.0;
 		log_debug(session->forward->name,
 			  "tcp closed %s -> %s: %llu bytes to internal, %llu bytes to client, "
 			  "%.3f s, %s",
 			  session_client_text(session, client, sizeof client),
 			  session_internal_text(session, internal, sizeof internal),
 			  (unsigned long long)session->to_internal.bytes,
-			  (unsigned long long)session->to_client.bytes, timeval_seconds(&elapsed),
+			  (unsigned long long)session->to_client.bytes, elapsed,
 			  reason);
 	}
 	session_close(session, reset_client, reset_internal);
@@ -205,7 +198,7 @@ static bool session_pump(struct tcp_session *session, struct pump *pump,
 	uint64_t before = pump->bytes;
 	*status = pump_run(pump, source_fd, dest_fd);
 	if (pump->bytes != before || *status == PUMP_DONE)
-		event_base_gettimeofday_cached(session->ctx->base, &session->last_active);
+		session->last_active_ms = relay_now_ms();
 	if (*status == PUMP_ERROR) {
 		session_fail(session, pump);
 		return false;
@@ -265,7 +258,7 @@ static void session_connected(struct tcp_session *session)
 		return;
 	}
 	session->state = SESSION_RELAYING;
-	event_base_gettimeofday_cached(session->ctx->base, &session->last_active);
+	session->last_active_ms = relay_now_ms();
 	session_arm_idle_timer(session, &session->ctx->tcp_idle_timeout);
 	/* The client may have sent already: try at once, then wait for readiness. */
 	session_relay(session, EV_READ, EV_READ);
@@ -300,15 +293,13 @@ static void session_on_timer(evutil_socket_t fd, short what, void *arg)
 	 * The timer is not re-armed on every byte (that would cost a heap update
 	 * per read); it fires once per period and checks when traffic last moved.
 	 */
-	struct timeval now, idle, remaining;
-	event_base_gettimeofday_cached(session->ctx->base, &now);
-	timersub(&now, &session->last_active, &idle);
-	if (timercmp(&idle, &session->ctx->tcp_idle_timeout, >=)) {
+	uint64_t idle_ms = relay_now_ms() - session->last_active_ms;
+	if (idle_ms >= session->ctx->tcp_idle_timeout_ms) {
 		session->ctx->counters.tcp_idle_closed++;
 		session_end(session, "idle timeout", false, false);
 		return;
 	}
-	timersub(&session->ctx->tcp_idle_timeout, &idle, &remaining);
+	struct timeval remaining = relay_ms_to_timeval(session->ctx->tcp_idle_timeout_ms - idle_ms);
 	session_arm_idle_timer(session, &remaining);
 }
 
@@ -331,7 +322,7 @@ static struct tcp_session *session_new(struct relay_ctx *ctx, const struct forwa
 	event_assign(&session->client.event, ctx->base, -1, 0, session_on_socket, session);
 	event_assign(&session->internal.event, ctx->base, -1, 0, session_on_socket, session);
 	evtimer_assign(&session->timer, ctx->base, session_on_timer, session);
-	event_base_gettimeofday_cached(ctx->base, &session->started);
+	session->started_ms = relay_now_ms();
 	TAILQ_INSERT_TAIL(&ctx->sessions, session, link);
 	ctx->session_count++;
 	return session;

@@ -98,13 +98,6 @@ struct udp_relay {
 	struct udp_batch batch;
 };
 
-static uint64_t udp_now_ms(struct relay_ctx *ctx)
-{
-	struct timeval now;
-	event_base_gettimeofday_cached(ctx->base, &now);
-	return (uint64_t)now.tv_sec * 1000 + (uint64_t)now.tv_usec / 1000;
-}
-
 static struct udp_flow *udp_flow_of(struct flow_entry *entry)
 {
 	/* entry is the first member of struct udp_flow. */
@@ -130,7 +123,7 @@ static void udp_flow_free(struct udp_forward *forward, struct udp_flow *flow, co
 			  net_addr_format(&internal_addr, internal, sizeof internal),
 			  (unsigned long long)flow->datagrams_to_internal,
 			  (unsigned long long)flow->datagrams_to_client,
-			  (double)(udp_now_ms(forward->ctx) - flow->created_ms) / 1000.0, reason);
+			  (double)(relay_now_ms() - flow->created_ms) / 1000.0, reason);
 	}
 	flow_table_remove(&forward->flows, &flow->entry);
 	atomic_fetch_sub(forward->flows_open, 1);
@@ -141,7 +134,7 @@ static void udp_flow_free(struct udp_forward *forward, struct udp_flow *flow, co
 /* Logs at most once a second; counts what it did not log. */
 static void udp_warn_limited(struct udp_forward *forward, const char *what)
 {
-	uint64_t now = udp_now_ms(forward->ctx);
+	uint64_t now = relay_now_ms();
 	forward->dropped_since_warn++;
 	if (now - forward->last_warn_ms < UDP_WARN_INTERVAL_MS && forward->last_warn_ms != 0)
 		return;
@@ -157,9 +150,7 @@ static void udp_expiry_arm(struct udp_forward *forward, uint64_t now_ms)
 	if (oldest == NULL)
 		return;
 	uint64_t due = oldest->last_active_ms + forward->idle_timeout_ms;
-	uint64_t delay = due > now_ms ? due - now_ms : 0;
-	struct timeval tv = { .tv_sec = (time_t)(delay / 1000),
-			      .tv_usec = (suseconds_t)(delay % 1000) * 1000 };
+	struct timeval tv = relay_ms_to_timeval(due > now_ms ? due - now_ms : 0);
 	event_add(forward->expiry_timer, &tv);
 }
 
@@ -169,7 +160,7 @@ static void udp_on_expiry(evutil_socket_t fd, short what, void *arg)
 	struct udp_forward *forward = arg;
 	(void)fd;
 	(void)what;
-	uint64_t now = udp_now_ms(forward->ctx);
+	uint64_t now = relay_now_ms();
 	struct flow_entry *oldest;
 	while ((oldest = flow_table_oldest(&forward->flows)) != NULL &&
 	       now - oldest->last_active_ms >= forward->idle_timeout_ms) {
@@ -181,7 +172,7 @@ static void udp_on_expiry(evutil_socket_t fd, short what, void *arg)
 
 static void udp_flow_touch(struct udp_forward *forward, struct udp_flow *flow)
 {
-	flow_table_touch(&forward->flows, &flow->entry, udp_now_ms(forward->ctx));
+	flow_table_touch(&forward->flows, &flow->entry, relay_now_ms());
 }
 
 /* Reads the destination address of a datagram from its control messages. */
@@ -314,7 +305,7 @@ static struct udp_flow *udp_flow_open(struct udp_port *port, const struct flow_k
 	    epoll_ctl(forward->relay->flow_epoll_fd, EPOLL_CTL_ADD, flow->fd, &interest) < 0)
 		goto fail;
 
-	uint64_t now = udp_now_ms(ctx);
+	uint64_t now = relay_now_ms();
 	flow->entry.key = *key;
 	flow->entry.hash = hash;
 	flow->port = port;
@@ -468,7 +459,10 @@ static int udp_forward_open(struct udp_relay *udp, struct udp_forward *forward,
 	forward->ctx = ctx;
 	forward->relay = udp;
 	forward->fwd = fwd;
+	/* At least a millisecond: a flow must live long enough for a reply. */
 	forward->idle_timeout_ms = (uint64_t)(fwd->udp_idle_timeout * 1000.0);
+	if (forward->idle_timeout_ms == 0)
+		forward->idle_timeout_ms = 1;
 	forward->max_flows = ctx->config->udp_max_flows;
 	forward->flows_open = &ctx->options.udp_flows_open[fwd - ctx->config->forwards];
 	if (flow_table_init(&forward->flows) < 0)

@@ -83,6 +83,7 @@ struct relay_ctx {
 	/* Timeouts converted once from the configuration. */
 	struct timeval tcp_connect_timeout;
 	struct timeval tcp_idle_timeout;   /* zero: no idle timeout */
+	uint64_t tcp_idle_timeout_ms;
 };
 
 /* Prepares ctx on base for cfg; opens nothing yet. */
@@ -104,5 +105,13 @@ void relay_ctx_close(struct relay_ctx *ctx);
 
 /* Seconds as a double -> struct timeval. */
 struct timeval relay_seconds_to_timeval(double seconds);
+struct timeval relay_ms_to_timeval(uint64_t ms);
+
+/*
+ * Milliseconds on a monotonic clock, for idle times: a step of the wall
+ * clock must not expire every flow at once. CLOCK_MONOTONIC_COARSE is read
+ * without a system call; its few milliseconds of granularity are plenty.
+ */
+uint64_t relay_now_ms(void);
 
 #endif

@@ -3,7 +3,7 @@
  * largest IPv4 datagram, idle expiry (and no expiry while active),
  * udp.max_flows, IPv6, a "both" forward, ICMP port unreachable from the
  * internal side, wildcard binds replying from the address the client sent
- * to, port ranges, and SIGTERM with flows open.
+ * to, port ranges, running out of descriptors, and SIGTERM with flows open.
  *
  * The internal servers are UDP echo servers running in a thread of this
  * process; each records the distinct source ports it saw, which are the
@@ -922,7 +922,9 @@ static void test_refused_internal_port_does_not_spin(void **state)
 	double cpu1 = relay_cpu_seconds(&fx->relay);
 	print_message("relay CPU over %lld ms with %d refused datagrams: %.3f s\n",
 		      (long long)(now_ms() - t0), sent, cpu1 - cpu0);
-	if (cpu1 - cpu0 >= 0.3)
+	/* A spinning relay burns the whole 1.5 s; valgrind makes honest work slower. */
+	double limit = under_valgrind() ? 0.75 : 0.3;
+	if (cpu1 - cpu0 >= limit)
 		fail_with_log(fx, "the relay used %.2f s of CPU in 1.5 s after ICMP port unreachable "
 			      "(spinning?)", cpu1 - cpu0);
 
@@ -1076,6 +1078,110 @@ static void test_range_maps_ports_one_to_one_with_a_flow_each(void **state)
 	fx_stop_relay_ok(fx);
 }
 
+/* ---- out of descriptors: new flows fail, old ones work, nothing spins ------------------------------ */
+
+#define FDX_NOFILE 64
+#define FDX_CLIENTS 100
+
+static void test_fd_exhaustion_drops_new_flows_without_spinning(void **state)
+{
+	struct fx *fx = *state;
+	fx_require_relay();
+	struct userver *srv = userver_start(AF_INET);
+	fx->nofile = FDX_NOFILE;
+	uint16_t port = start_udp_relay(fx, AF_INET, "idle_timeout = 3.0;", srv);
+
+	/* Every client sends once, all at once: more flows than descriptors. */
+	int fds[FDX_CLIENTS];
+	struct pollfd pfd[FDX_CLIENTS];
+	bool replied[FDX_CLIENTS] = { false };
+	unsigned char msg[64], in[256];
+	for (uint32_t c = 0; c < FDX_CLIENTS; c++) {
+		fds[c] = uclient(AF_INET, "127.0.0.1", port);
+		pfd[c] = (struct pollfd){ .fd = fds[c], .events = POLLIN };
+		msg_build(msg, sizeof msg, c, 0);
+		assert_int_equal(send(fds[c], msg, sizeof msg, 0), (ssize_t)sizeof msg);
+	}
+	/* Replies until none came for 500 ms (bounded). */
+	unsigned nreplied = 0;
+	int64_t quiet_since = now_ms(), deadline = now_ms() + 20000 * hang_scale();
+	while (now_ms() - quiet_since < 500 * hang_scale() && now_ms() < deadline) {
+		if (poll(pfd, FDX_CLIENTS, 50) <= 0)
+			continue;
+		for (uint32_t c = 0; c < FDX_CLIENTS; c++) {
+			if (!pfd[c].revents)
+				continue;
+			ssize_t r = recv(fds[c], in, sizeof in, 0);
+			uint32_t rc, rs;
+			if (r < 0)
+				continue;
+			if (msg_parse(in, (size_t)r, &rc, &rs) != 0 || rc != c)
+				fail_with_log(fx, "client %u got a wrong reply", c);
+			if (!replied[c]) {
+				replied[c] = true;
+				nreplied++;
+				quiet_since = now_ms();
+			}
+		}
+	}
+	print_message("%u of %u clients got a flow with RLIMIT_NOFILE %d\n", nreplied, FDX_CLIENTS,
+		      FDX_NOFILE);
+	if (!wait_for_log(&fx->relay, "cannot open a flow socket", 2000 * hang_scale()))
+		fail_with_log(fx, "%u of %u clients served with RLIMIT_NOFILE %d, and no 'cannot open "
+			      "a flow socket' in the log", nreplied, FDX_CLIENTS, FDX_NOFILE);
+	if (nreplied < 5 || nreplied >= FDX_CLIENTS)
+		fail_with_log(fx, "%u of %u clients got replies with RLIMIT_NOFILE %d", nreplied,
+			      FDX_CLIENTS, FDX_NOFILE);
+
+	/* The unserved keep sending for a second: the relay must not spin. */
+	double cpu0 = relay_cpu_seconds(&fx->relay);
+	assert_true(cpu0 >= 0);
+	int64_t t0 = now_ms();
+	uint32_t c = 0;
+	while (now_ms() - t0 < 1000) {
+		for (uint32_t k = 0; k < FDX_CLIENTS; k++, c = (c + 1) % FDX_CLIENTS) {
+			if (!replied[c]) {
+				msg_build(msg, sizeof msg, c, 1);
+				ssize_t w = send(fds[c], msg, sizeof msg, 0);
+				(void)w;
+				c = (c + 1) % FDX_CLIENTS;
+				break;
+			}
+		}
+		sleep_ms(20);
+	}
+	double cpu1 = relay_cpu_seconds(&fx->relay);
+	double limit = under_valgrind() ? 0.75 : 0.3;
+	print_message("relay CPU in 1 s out of descriptors: %.3f s\n", cpu1 - cpu0);
+	if (cpu1 - cpu0 >= limit)
+		fail_with_log(fx, "the relay used %.2f s of CPU in 1 s out of descriptors", cpu1 - cpu0);
+
+	/* The flows that exist still work. */
+	uint32_t served = 0, unserved = FDX_CLIENTS;
+	for (uint32_t k = 0; k < FDX_CLIENTS; k++) {
+		if (replied[k])
+			served = k;
+		else
+			unserved = k;
+	}
+	/* Drop any late datagrams queued for the served client. */
+	while (got_datagram_within(fds[served], 0))
+		;
+	roundtrip_ok(fx, fds[served], served, 2, 64);
+
+	/* Once idle flows expire, descriptors come back and an unserved client gets in. */
+	assert_true(unserved < FDX_CLIENTS);
+	if (!wait_for_log(&fx->relay, "idle timeout", 10000 * hang_scale()))
+		fail_with_log(fx, "no flow expired");
+	/* Wait for the served flows to go (the one used above expires last). */
+	if (!wait_log_count(&fx->relay, "idle timeout", nreplied, 15000 * hang_scale()))
+		fail_with_log(fx, "not all %u idle flows expired", nreplied);
+	while (got_datagram_within(fds[unserved], 0))
+		;
+	roundtrip_ok(fx, fds[unserved], unserved, 3, 64);
+	fx_stop_relay_ok(fx);
+}
+
 /* ---- (i) SIGTERM with flows open ------------------------------------------------------------------ */
 
 static void test_sigterm_with_100_flows_exits_0(void **state)
@@ -1109,6 +1215,7 @@ int main(void)
 		UDP_TEST(test_wildcard_replies_from_the_address_sent_to),
 		UDP_TEST(test_dual_stack_wildcard_replies_from_the_address_sent_to),
 		UDP_TEST(test_range_maps_ports_one_to_one_with_a_flow_each),
+		UDP_TEST(test_fd_exhaustion_drops_new_flows_without_spinning),
 		UDP_TEST(test_sigterm_with_100_flows_exits_0),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
