@@ -161,6 +161,54 @@ static void test_port_in_use_exits_1_with_reason(void **state)
 		fail_with_log(fx, "stderr lacks 'Address already in use'");
 }
 
+/*
+ * Workers share ports with SO_REUSEPORT, which would also let a second relay
+ * of the same user join silently and take half the traffic. It must fail
+ * like any other bind conflict, for TCP and UDP alike.
+ */
+static void test_second_relay_on_the_same_ports_exits_1(void **state)
+{
+	struct fx *fx = *state;
+	fx_require_relay();
+	uint16_t port = 0;
+	assert_int_equal(port_block_find(1, PORTS_V4, &port), 0);
+	char *t = NULL;
+	assert_true(asprintf(&t,
+			     "workers = 2;\n"
+			     "forwards = (\n"
+			     "  { name = \"shared\"; protocol = \"both\"; external_address = \"127.0.0.1\";\n"
+			     "    external_port = %u; internal_ip = \"127.0.0.1\"; internal_port = %u; }\n"
+			     ");\n",
+			     port, (unsigned)dead_port(AF_INET)) > 0);
+	const char *extra[] = { "-l", "debug", NULL };
+	spawn_with(fx, t, extra);
+	if (relay_wait_ready(&fx->relay, 20000 * hang_scale()) != 0)
+		fail_with_log(fx, "the first relay did not become ready");
+
+	struct relay second;
+	relay_init(&second);
+	const char *path = relay_write_config(&second, t);
+	free(t);
+	assert_non_null(path);
+	const char *args[] = { "-c", path, NULL };
+	assert_int_equal(relay_spawn(&second, args), 0);
+	bool ready = relay_wait_ready(&second, 20000 * hang_scale()) == 0;
+	int code = ready ? -1 : relay_wait_exit(&second, 10000 * hang_scale());
+	char what[64];
+	snprintf(what, sizeof what, "cannot listen on 127.0.0.1:%u", port);
+	bool named = relay_log_contains(&second, what) &&
+		     relay_log_contains(&second, "Address already in use");
+	if (ready)
+		relay_stop(&second);
+	relay_destroy(&second);
+	if (ready)
+		fail_with_log(fx, "a second relay became ready on port %u taken by the first", port);
+	if (code != 1 || !named)
+		fail_with_log(fx, "second relay: exit %d (expected 1), message %s", code,
+			      named ? "present" : "missing");
+	assert_int_equal(relay_stop(&fx->relay), 0);
+}
+
 /* ---- usage errors ---------------------------------------------------------------------- */
 
 static void test_unknown_option_exits_2(void **state)
@@ -278,6 +326,7 @@ int main(void)
 		FX_TEST(test_check_good_file_lists_enabled_forwards),
 		FX_TEST(test_check_bad_file_names_file_and_line),
 		FX_TEST(test_port_in_use_exits_1_with_reason),
+		FX_TEST(test_second_relay_on_the_same_ports_exits_1),
 		FX_TEST(test_unknown_option_exits_2),
 		FX_TEST(test_forward_specs_relay_without_config_file),
 		FX_TEST(test_sigterm_with_open_connections_exits_0),
