@@ -241,6 +241,14 @@ int net_bind_udp(const struct net_addr *addr, enum net_share share)
 			 (addr->ss.ss_family == AF_INET6 &&
 			  setsockopt(fd, IPPROTO_IPV6, IPV6_RECVPKTINFO, &on, sizeof on) < 0)))
 		goto fail;
+	/*
+	 * A burst from many clients lands in one socket; the default buffer
+	 * (about 208 KiB) overflows first. The kernel caps the request at
+	 * net.core.rmem_max / wmem_max, so this is a wish, not a failure.
+	 */
+	int buffer_size = NET_UDP_SOCKET_BUFFER;
+	setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buffer_size, sizeof buffer_size);
+	setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &buffer_size, sizeof buffer_size);
 	if (net_prepare_share(fd, addr, SOCK_DGRAM, share) < 0 ||
 	    bind(fd, (const struct sockaddr *)&addr->ss, addr->len) < 0)
 		goto fail;

@@ -92,6 +92,9 @@ int net_connect_tcp(const struct net_addr *addr);
  */
 int net_bind_udp(const struct net_addr *addr, enum net_share share);
 
+/* Socket buffers asked for on external UDP sockets (the kernel may cap them). */
+#define NET_UDP_SOCKET_BUFFER (4 * 1024 * 1024)
+
 /* A non-blocking UDP socket connected to addr; -1 with errno set. */
 int net_connect_udp(const struct net_addr *addr);
 
