@@ -19,19 +19,19 @@
 /* Idle pipes kept open for the next transfer; more are closed. */
 #define PIPE_POOL_IDLE_MAX 64
 
-/* ---- the pipe pool ------------------------------------------------------- */
+/* ---- the pool ------------------------------------------------------------ */
 
-void pipe_pool_init(struct pipe_pool *pool, unsigned max_in_use)
+int pump_pool_init(struct pump_pool *pool, unsigned max_pipes)
 {
 	memset(pool, 0, sizeof *pool);
-	pool->max_in_use = max_in_use;
+	pool->max_in_use = max_pipes;
 	pool->idle_max = PIPE_POOL_IDLE_MAX;
 	pool->idle = calloc(pool->idle_max, sizeof *pool->idle);
-	if (pool->idle == NULL)
-		pool->idle_max = 0;
+	pool->scratch = malloc(PUMP_BUFFER_SIZE);
+	return pool->idle != NULL && pool->scratch != NULL ? 0 : -1;
 }
 
-void pipe_pool_trim(struct pipe_pool *pool)
+void pump_pool_trim(struct pump_pool *pool)
 {
 	for (unsigned i = 0; i < pool->idle_count; i++) {
 		close(pool->idle[i][0]);
@@ -40,14 +40,15 @@ void pipe_pool_trim(struct pipe_pool *pool)
 	pool->idle_count = 0;
 }
 
-void pipe_pool_destroy(struct pipe_pool *pool)
+void pump_pool_destroy(struct pump_pool *pool)
 {
-	pipe_pool_trim(pool);
+	pump_pool_trim(pool);
 	free(pool->idle);
+	free(pool->scratch);
 	memset(pool, 0, sizeof *pool);
 }
 
-static int pipe_pool_get(struct pipe_pool *pool, int fds[2])
+static int pipe_pool_get(struct pump_pool *pool, int fds[2])
 {
 	if (pool->splice_unsupported || pool->in_use >= pool->max_in_use)
 		return -1;
@@ -63,7 +64,7 @@ static int pipe_pool_get(struct pipe_pool *pool, int fds[2])
 }
 
 /* An empty pipe goes back to the pool; one with bytes left in it is closed. */
-static void pipe_pool_put(struct pipe_pool *pool, int fds[2], bool empty)
+static void pipe_pool_put(struct pump_pool *pool, int fds[2], bool empty)
 {
 	pool->in_use--;
 	if (empty && pool->idle_count < pool->idle_max) {
@@ -79,7 +80,7 @@ static void pipe_pool_put(struct pipe_pool *pool, int fds[2], bool empty)
 
 /* ---- common -------------------------------------------------------------- */
 
-void pump_init(struct pump *pump, struct pipe_pool *pool)
+void pump_init(struct pump *pump, struct pump_pool *pool)
 {
 	memset(pump, 0, sizeof *pump);
 	pump->pool = pool;
@@ -136,35 +137,67 @@ static enum pump_status pump_flush_buffer(struct pump *pump, int dest_fd)
 		pump->start += (uint32_t)sent;
 		pump->bytes += (uint64_t)sent;
 	}
-	pump->start = pump->end = 0;
+	pump_release_buffer(pump);   /* drained: an idle connection holds no memory */
 	return PUMP_WANT_READ;
 }
 
-/* One buffered read; PUMP_WANT_READ when it got data or EOF, to go on. */
-static enum pump_status pump_read_buffer(struct pump *pump, int source_fd, bool *would_block)
+/* Keeps what the destination did not take, for the next writable turn. */
+static enum pump_status pump_keep(struct pump *pump, const char *data, size_t len)
 {
 	if (pump->buffer == NULL) {
 		pump->buffer = malloc(PUMP_BUFFER_SIZE);
 		if (pump->buffer == NULL)
 			return pump_fail(pump, ENOMEM, 0);
 	}
-	for (;;) {
-		ssize_t received = recv(source_fd, pump->buffer, PUMP_BUFFER_SIZE, 0);
-		if (received > 0) {
-			pump->end = (uint32_t)received;
-		} else if (received == 0) {
-			pump->source_eof = 1;
-		} else if (errno == EAGAIN || errno == EWOULDBLOCK) {
-			/* Nothing in flight: give the memory back while idle. */
-			pump_release_buffer(pump);
-			*would_block = true;
-		} else if (errno == EINTR) {
-			continue;
-		} else {
-			return pump_fail(pump, errno, 0);
-		}
+	memmove(pump->buffer, data, len);
+	pump->start = 0;
+	pump->end = (uint32_t)len;
+	return PUMP_WANT_WRITE;
+}
+
+/*
+ * One copied read, sent on at once: recv into the shared scratch buffer and
+ * send; only a remainder the destination cannot take is kept. Returns
+ * PUMP_WANT_READ to go on (data moved, or EOF seen).
+ */
+static enum pump_status pump_copy(struct pump *pump, int source_fd, int dest_fd,
+				  bool *would_block)
+{
+	char *scratch = pump->pool->scratch;
+	ssize_t received;
+	do
+		received = recv(source_fd, scratch, PUMP_BUFFER_SIZE, 0);
+	while (received < 0 && errno == EINTR);
+	if (received == 0) {
+		pump->source_eof = 1;
 		return PUMP_WANT_READ;
 	}
+	if (received < 0) {
+		if (errno != EAGAIN && errno != EWOULDBLOCK)
+			return pump_fail(pump, errno, 0);
+		*would_block = true;
+		return PUMP_WANT_READ;
+	}
+	/* A full read means more is queued: the rest of the burst is bulk. */
+	if (received == PUMP_BUFFER_SIZE)
+		pump->bulk = 1;
+
+	size_t sent = 0;
+	while (sent < (size_t)received) {
+		ssize_t n = send(dest_fd, scratch + sent, (size_t)received - sent, MSG_NOSIGNAL);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno != EAGAIN && errno != EWOULDBLOCK)
+				return pump_fail(pump, errno, 1);
+			break;
+		}
+		sent += (size_t)n;
+	}
+	pump->bytes += sent;
+	if (sent < (size_t)received)
+		return pump_keep(pump, scratch + sent, (size_t)received - sent);
+	return PUMP_WANT_READ;
 }
 
 /* ---- zero-copy ----------------------------------------------------------- */
@@ -208,8 +241,12 @@ static int pump_read_pipe(struct pump *pump, int source_fd, bool *would_block,
 			pump->source_eof = 1;
 			pump_release_pipe(pump);
 		} else if (errno == EAGAIN || errno == EWOULDBLOCK) {
-			/* Idle: the pipe goes back to the pool for another session. */
+			/*
+			 * The burst is over: the pipe goes back to the pool for another
+			 * session, and the next burst starts out copied.
+			 */
 			pump_release_pipe(pump);
+			pump->bulk = 0;
 			*would_block = true;
 		} else if (errno == EINTR) {
 			continue;
@@ -251,9 +288,8 @@ enum pump_status pump_run(struct pump *pump, int source_fd, int dest_fd)
 
 		bool would_block = false;
 		status = PUMP_WANT_READ;
-		if (pump->pool == NULL ||
-		    pump_read_pipe(pump, source_fd, &would_block, &status) < 0)
-			status = pump_read_buffer(pump, source_fd, &would_block);
+		if (!pump->bulk || pump_read_pipe(pump, source_fd, &would_block, &status) < 0)
+			status = pump_copy(pump, source_fd, dest_fd, &would_block);
 		if (status != PUMP_WANT_READ || would_block)
 			return status;
 	}

@@ -3,6 +3,8 @@
  */
 #include "portrelay/relay.h"
 
+#include <event2/event.h>
+
 #include <math.h>
 #include <string.h>
 #include <time.h>
@@ -36,18 +38,28 @@ uint64_t relay_now_ms(void)
 	return (uint64_t)now.tv_sec * 1000 + (uint64_t)now.tv_nsec / 1000000;
 }
 
-void relay_ctx_init(struct relay_ctx *ctx, struct event_base *base, const struct config *cfg,
+int relay_ctx_init(struct relay_ctx *ctx, struct event_base *base, const struct config *cfg,
 		    const struct relay_options *options)
 {
 	memset(ctx, 0, sizeof *ctx);
 	ctx->base = base;
 	ctx->config = cfg;
 	ctx->options = *options;
-	pipe_pool_init(&ctx->pipes, options->max_pipes);
+
 	TAILQ_INIT(&ctx->sessions);
-	ctx->tcp_connect_timeout = relay_seconds_to_timeval(cfg->tcp_connect_timeout);
-	ctx->tcp_idle_timeout = relay_seconds_to_timeval(cfg->tcp_idle_timeout);
+	/*
+	 * Every session arms the same two durations: common-timeout queues keep
+	 * them in order in O(1) instead of the timer heap's O(log n).
+	 */
+	struct timeval connect_timeout = relay_seconds_to_timeval(cfg->tcp_connect_timeout);
+	const struct timeval *common = event_base_init_common_timeout(base, &connect_timeout);
+	ctx->tcp_connect_timeout = common != NULL ? *common : connect_timeout;
+	struct timeval idle_timeout = relay_seconds_to_timeval(cfg->tcp_idle_timeout);
+	common = timerisset(&idle_timeout) ? event_base_init_common_timeout(base, &idle_timeout)
+					   : NULL;
+	ctx->tcp_idle_timeout = common != NULL ? *common : idle_timeout;
 	ctx->tcp_idle_timeout_ms = (uint64_t)(cfg->tcp_idle_timeout * 1000.0);
+	return pump_pool_init(&ctx->pumps, options->max_pipes);
 }
 
 int relay_ctx_open(struct relay_ctx *ctx)
@@ -68,10 +80,6 @@ void relay_ctx_close(struct relay_ctx *ctx)
 	struct tcp_session *session;
 	while ((session = TAILQ_FIRST(&ctx->sessions)) != NULL)
 		tcp_session_free(session);
-	pipe_pool_destroy(&ctx->pipes);
+	pump_pool_destroy(&ctx->pumps);
 }
 
-struct pipe_pool *relay_ctx_pipes(struct relay_ctx *ctx)
-{
-	return ctx->options.max_pipes > 0 ? &ctx->pipes : NULL;
-}

@@ -105,7 +105,7 @@ static void session_close(struct tcp_session *session, bool reset_client, bool r
 	pump_release(&session->to_client);
 	free(session);
 	if (ctx->session_count == 0)
-		pipe_pool_trim(&ctx->pipes);
+		pump_pool_trim(&ctx->pumps);
 }
 
 void tcp_session_free(struct tcp_session *session)
@@ -316,8 +316,8 @@ static struct tcp_session *session_new(struct relay_ctx *ctx, const struct forwa
 	session->client_addr_len = len;
 	session->client.fd = client_fd;
 	session->internal.fd = -1;
-	pump_init(&session->to_internal, relay_ctx_pipes(ctx));
-	pump_init(&session->to_client, relay_ctx_pipes(ctx));
+	pump_init(&session->to_internal, &ctx->pumps);
+	pump_init(&session->to_client, &ctx->pumps);
 	/* Assigned once with no fd, so that endpoint_watch may always event_del. */
 	event_assign(&session->client.event, ctx->base, -1, 0, session_on_socket, session);
 	event_assign(&session->internal.event, ctx->base, -1, 0, session_on_socket, session);

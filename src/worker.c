@@ -66,15 +66,29 @@ static int worker_open(struct worker *worker, const struct config *cfg, unsigned
 		       unsigned long fd_limit)
 {
 	worker->stop_pipe[0] = worker->stop_pipe[1] = -1;
-	worker->base = event_base_new();
+	/*
+	 * The changelist folds the interest changes a session makes in one turn
+	 * into at most one epoll_ctl per socket; no locks, since a base is only
+	 * ever touched by its own thread.
+	 */
+	struct event_config *config = event_config_new();
+	if (config != NULL) {
+		event_config_set_flag(config, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
+		event_config_set_flag(config, EVENT_BASE_FLAG_NOLOCK);
+		worker->base = event_base_new_with_config(config);
+		event_config_free(config);
+	}
 	if (worker->base == NULL) {
 		log_error(NULL, "cannot create an event loop for worker %u", worker->index);
 		return -1;
 	}
 	struct relay_options options = worker_options(worker->pool, cfg, count, fd_limit,
 						      worker->index);
-	relay_ctx_init(&worker->ctx, worker->base, cfg, &options);
 	worker->ctx_ready = true;
+	if (relay_ctx_init(&worker->ctx, worker->base, cfg, &options) < 0) {
+		log_error(NULL, "out of memory for worker %u", worker->index);
+		return -1;
+	}
 	if (pipe2(worker->stop_pipe, O_NONBLOCK | O_CLOEXEC) < 0) {
 		log_error(NULL, "cannot create the stop pipe of worker %u: %s", worker->index,
 			  strerror(errno));

@@ -3,12 +3,13 @@
  * session. The session state machine only asks a pump to make progress and
  * learns what it is waiting for; it does not care how the bytes travel.
  *
- * Two ways, behind the same calls:
- * - zero-copy: splice(2) socket -> pipe -> socket, the bytes never enter
- *   userspace. Pipes come from a bounded per-context pool and are held only
- *   while bytes are in flight.
- * - buffered: recv into a buffer, send it out. Used when splicing is off,
- *   when the pool is exhausted, or when the kernel refuses to splice.
+ * Each burst of data starts out copied: recv into the worker's scratch
+ * buffer and send straight on, which for the small messages of most
+ * protocols is two system calls and no allocation. A burst that fills a
+ * whole read is bulk: from then on it travels zero-copy, splice(2) socket ->
+ * pipe -> socket, with a pipe from the worker's bounded pool, held only while
+ * the burst lasts. Only bytes the destination could not take yet are kept
+ * per connection (in a buffer, or in the pipe).
  */
 #ifndef PORTRELAY_PUMP_H
 #define PORTRELAY_PUMP_H
@@ -18,10 +19,9 @@
 #include <stdint.h>
 
 /*
- * Bytes held in userspace per direction at most. A session holds two pumps,
- * so at most 2 * PUMP_BUFFER_SIZE bytes per connection, and only while data
- * is in flight: the buffer is allocated when a read needs it and freed when
- * it drains. A pipe holds at most PUMP_PIPE_SIZE bytes (kernel memory).
+ * Bytes held per direction at most: copied bytes the destination could not
+ * take (userspace, allocated only then), or the contents of a pipe (kernel).
+ * A session holds two pumps: at most 128 KiB per connection, none when idle.
  */
 #define PUMP_BUFFER_SIZE (64 * 1024)
 #define PUMP_PIPE_SIZE (64 * 1024)
@@ -33,26 +33,27 @@ enum pump_status {
 	PUMP_ERROR,        /* a socket error; errno-like code in pump->error */
 };
 
-/* Idle pipes kept for reuse, and a bound on pipes in use. */
-struct pipe_pool {
+/* What the pumps of one worker share: a scratch buffer and the idle pipes. */
+struct pump_pool {
+	char *scratch;             /* PUMP_BUFFER_SIZE bytes */
 	int (*idle)[2];
 	unsigned idle_count;
 	unsigned idle_max;
 	unsigned in_use;
-	unsigned max_in_use;
+	unsigned max_in_use;       /* 0: splicing is off */
 	bool splice_unsupported;   /* the kernel said EINVAL once: stop trying */
-	uint64_t fallbacks;        /* reads done buffered for want of a pipe */
+	uint64_t fallbacks;        /* bulk reads copied for want of a pipe */
 };
 
-/* max_in_use pipes at once (two descriptors each). */
-void pipe_pool_init(struct pipe_pool *pool, unsigned max_in_use);
-void pipe_pool_destroy(struct pipe_pool *pool);
+/* max_pipes pipes in use at once (two descriptors each); 0 = no splicing. -1 on ENOMEM. */
+int pump_pool_init(struct pump_pool *pool, unsigned max_pipes);
+void pump_pool_destroy(struct pump_pool *pool);
 /* Closes the idle pipes (when the last session has gone: nothing to reuse them). */
-void pipe_pool_trim(struct pipe_pool *pool);
+void pump_pool_trim(struct pump_pool *pool);
 
 struct pump {
-	struct pipe_pool *pool;   /* NULL: buffered only */
-	char *buffer;             /* NULL while nothing is buffered */
+	struct pump_pool *pool;
+	char *buffer;             /* bytes the destination has not taken; NULL if none */
 	uint32_t start;           /* first buffered byte not yet written */
 	uint32_t end;             /* one past the last buffered byte */
 	int pipe[2];              /* -1 while no pipe is held */
@@ -60,11 +61,11 @@ struct pump {
 	int error;                /* set with PUMP_ERROR */
 	unsigned char error_at_dest;  /* the error came from the destination socket */
 	unsigned char source_eof;
+	unsigned char bulk;       /* this burst filled a whole read: splice it */
 	uint64_t bytes;           /* delivered to the destination */
 };
 
-/* pool NULL: always buffered. */
-void pump_init(struct pump *pump, struct pipe_pool *pool);
+void pump_init(struct pump *pump, struct pump_pool *pool);
 
 /*
  * Moves bytes from source_fd to dest_fd until one side would block, the

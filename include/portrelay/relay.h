@@ -61,7 +61,7 @@ struct fd_episode {
 struct relay_options {
 	struct fd_episode *fd_episode;
 	enum net_share share;          /* several workers bind the same ports */
-	unsigned max_pipes;            /* splice pipes in use at once; 0 = no splice */
+	unsigned max_pipes;            /* splice pipes in use at once; 0 = no splicing */
 	/*
 	 * Flows open per forward (indexed like config->forwards), shared by all
 	 * workers so that udp.max_flows holds for the process. Changed only
@@ -74,7 +74,7 @@ struct relay_ctx {
 	struct event_base *base;
 	const struct config *config;   /* immutable while the loop runs */
 	struct relay_options options;
-	struct pipe_pool pipes;
+	struct pump_pool pumps;        /* scratch buffer and splice pipes */
 	struct listener_set *listeners;
 	struct udp_relay *udp;
 	struct tcp_session_list sessions;
@@ -86,12 +86,11 @@ struct relay_ctx {
 	uint64_t tcp_idle_timeout_ms;
 };
 
-/* Prepares ctx on base for cfg; opens nothing yet. */
-void relay_ctx_init(struct relay_ctx *ctx, struct event_base *base, const struct config *cfg,
+/* Prepares ctx on base for cfg; opens nothing yet. -1 when out of memory. */
+int relay_ctx_init(struct relay_ctx *ctx, struct event_base *base, const struct config *cfg,
 		    const struct relay_options *options);
 
-/* The pipe pool for new sessions, or NULL when splicing is off. */
-struct pipe_pool *relay_ctx_pipes(struct relay_ctx *ctx);
+
 
 /*
  * Opens every TCP listener and UDP socket of the enabled forwards. On a

@@ -40,7 +40,8 @@ static void tcp_pair(int fds[2])
 struct rig {
 	int source[2];   /* test writes source[0]; the pump reads source[1] */
 	int dest[2];     /* the pump writes dest[0]; the test reads dest[1] */
-	struct pipe_pool pool;
+	struct pump_pool pool;        /* splicing allowed */
+	struct pump_pool copy_pool;   /* no pipes: always copied */
 };
 
 static int rig_setup(void **state)
@@ -48,7 +49,8 @@ static int rig_setup(void **state)
 	struct rig *rig = calloc(1, sizeof *rig);
 	tcp_pair(rig->source);
 	tcp_pair(rig->dest);
-	pipe_pool_init(&rig->pool, 4);
+	assert_int_equal(pump_pool_init(&rig->pool, 4), 0);
+	assert_int_equal(pump_pool_init(&rig->copy_pool, 0), 0);
 	*state = rig;
 	return 0;
 }
@@ -60,7 +62,8 @@ static int rig_teardown(void **state)
 		close(rig->source[i]);
 		close(rig->dest[i]);
 	}
-	pipe_pool_destroy(&rig->pool);
+	pump_pool_destroy(&rig->pool);
+	pump_pool_destroy(&rig->copy_pool);
 	free(rig);
 	return 0;
 }
@@ -76,7 +79,8 @@ static unsigned char pattern_byte(size_t i)
  */
 static void move_and_check(struct rig *rig, struct pump *pump, size_t total)
 {
-	unsigned char chunk[16384];
+	/* Sends of a whole read's size, so that bursts fill reads and go bulk. */
+	static unsigned char chunk[PUMP_BUFFER_SIZE];
 	size_t sent = 0, received = 0;
 	bool source_shut = false, done = false, dest_eof = false;
 
@@ -122,7 +126,7 @@ static void test_buffered_pump_delivers_every_byte_then_eof(void **state)
 {
 	struct rig *rig = *state;
 	struct pump pump;
-	pump_init(&pump, NULL);
+	pump_init(&pump, &rig->copy_pool);
 	move_and_check(rig, &pump, 3 * 1024 * 1024 + 17);
 	pump_release(&pump);
 }
@@ -135,22 +139,23 @@ static void test_splice_pump_delivers_every_byte_then_eof(void **state)
 	move_and_check(rig, &pump, 3 * 1024 * 1024 + 17);
 	assert_int_equal(rig->pool.fallbacks, 0);
 	assert_false(rig->pool.splice_unsupported);
-	/* Done: the pipe went back to the pool, empty. */
+	/* Bulk went through a pipe, which is back in the pool, empty. */
 	assert_int_equal(rig->pool.in_use, 0);
+	assert_int_equal(rig->pool.idle_count, 1);
 	pump_release(&pump);
 }
 
 static void test_exhausted_pool_falls_back_to_the_buffer(void **state)
 {
 	struct rig *rig = *state;
-	struct pipe_pool empty_pool;
-	pipe_pool_init(&empty_pool, 0);
+	struct pump_pool empty_pool;
+	pump_pool_init(&empty_pool, 0);
 	struct pump pump;
 	pump_init(&pump, &empty_pool);
 	move_and_check(rig, &pump, 1024 * 1024);
 	assert_true(empty_pool.fallbacks > 0);
 	pump_release(&pump);
-	pipe_pool_destroy(&empty_pool);
+	pump_pool_destroy(&empty_pool);
 }
 
 /* A destination that does not read: the pump stops with a bounded backlog. */
@@ -160,7 +165,9 @@ static void fill_until_blocked(struct rig *rig, struct pump *pump, size_t *pendi
 	enum pump_status status = PUMP_WANT_READ;
 	*pending_max = 0;
 	for (int round = 0; round < 10000 && status != PUMP_WANT_WRITE; round++) {
-		send(rig->source[0], chunk, sizeof chunk, MSG_NOSIGNAL);
+		/* Keep the source full: one long burst, as a bulk sender makes. */
+		while (send(rig->source[0], chunk, sizeof chunk, MSG_NOSIGNAL) > 0)
+			;
 		status = pump_run(pump, rig->source[1], rig->dest[0]);
 		assert_int_not_equal(status, PUMP_ERROR);
 		if (pump_pending(pump) > *pending_max)
@@ -174,7 +181,7 @@ static void test_full_destination_stops_the_buffered_pump_within_its_bound(void 
 	struct rig *rig = *state;
 	struct pump pump;
 	size_t pending_max;
-	pump_init(&pump, NULL);
+	pump_init(&pump, &rig->copy_pool);
 	fill_until_blocked(rig, &pump, &pending_max);
 	assert_true(pending_max > 0);
 	assert_true(pending_max <= PUMP_BUFFER_SIZE);
@@ -197,22 +204,50 @@ static void test_full_destination_stops_the_splice_pump_within_its_bound(void **
 	assert_int_equal(rig->pool.idle_count, 0);
 }
 
+/* Small messages are copied: no pipe, no per-connection buffer. */
+static void test_small_message_is_copied_without_a_pipe(void **state)
+{
+	struct rig *rig = *state;
+	struct pump pump;
+	char got[8] = { 0 };
+	pump_init(&pump, &rig->pool);
+	assert_int_equal(send(rig->source[0], "hello", 5, 0), 5);
+	for (int round = 0; round < 1000 && pump.bytes < 5; round++) {
+		assert_int_equal(pump_run(&pump, rig->source[1], rig->dest[0]), PUMP_WANT_READ);
+		poll(NULL, 0, 1);
+	}
+	assert_int_equal(pump.bytes, 5);
+	assert_null(pump.buffer);
+	assert_int_equal(rig->pool.in_use + rig->pool.idle_count, 0);
+	for (int round = 0; round < 1000 && recv(rig->dest[1], got, 5, MSG_PEEK) < 5; round++)
+		poll(NULL, 0, 1);
+	assert_int_equal(recv(rig->dest[1], got, sizeof got, 0), 5);
+	assert_memory_equal(got, "hello", 5);
+	pump_release(&pump);
+}
+
 static void test_idle_pump_returns_its_pipe_and_trim_closes_it(void **state)
 {
 	struct rig *rig = *state;
 	struct pump pump;
+	static unsigned char burst[4 * PUMP_BUFFER_SIZE];
+	unsigned char sink[PUMP_BUFFER_SIZE];
 	pump_init(&pump, &rig->pool);
-	assert_int_equal(send(rig->source[0], "hello", 5, 0), 5);
+	assert_int_equal(send(rig->source[0], burst, sizeof burst, 0), (ssize_t)sizeof burst);
 	enum pump_status status = PUMP_WANT_READ;
-	for (int round = 0; round < 1000 && pump.bytes < 5; round++) {
+	for (int round = 0; round < 10000 && pump.bytes < sizeof burst; round++) {
 		status = pump_run(&pump, rig->source[1], rig->dest[0]);
-		poll(NULL, 0, 1);
+		while (recv(rig->dest[1], sink, sizeof sink, 0) > 0)
+			;
 	}
-	assert_int_equal(pump.bytes, 5);
+	assert_int_equal(pump.bytes, sizeof burst);
+	/* One more turn finds the source empty: the burst is over. */
+	status = pump_run(&pump, rig->source[1], rig->dest[0]);
 	assert_int_equal(status, PUMP_WANT_READ);
+	assert_false(pump.bulk);
 	assert_int_equal(rig->pool.in_use, 0);
 	assert_int_equal(rig->pool.idle_count, 1);
-	pipe_pool_trim(&rig->pool);
+	pump_pool_trim(&rig->pool);
 	assert_int_equal(rig->pool.idle_count, 0);
 	pump_release(&pump);
 }
@@ -248,6 +283,7 @@ int main(void)
 		TEST(test_exhausted_pool_falls_back_to_the_buffer),
 		TEST(test_full_destination_stops_the_buffered_pump_within_its_bound),
 		TEST(test_full_destination_stops_the_splice_pump_within_its_bound),
+		TEST(test_small_message_is_copied_without_a_pipe),
 		TEST(test_idle_pump_returns_its_pipe_and_trim_closes_it),
 		TEST(test_reset_by_the_source_is_an_error_at_the_source),
 	};
