@@ -21,9 +21,9 @@ void udp_batch_free(struct udp_batch *batch)
 	batch->buffers = NULL;
 }
 
-int udp_batch_receive(struct udp_batch *batch, int fd, bool want_control)
+int udp_batch_receive(struct udp_batch *batch, unsigned first, int fd, bool want_control)
 {
-	for (unsigned i = 0; i < UDP_BATCH; i++) {
+	for (unsigned i = first; i < UDP_BATCH; i++) {
 		struct msghdr *hdr = &batch->in[i].msg_hdr;
 		batch->in_iov[i].iov_base = udp_batch_data(batch, i);
 		batch->in_iov[i].iov_len = UDP_BUFFER_SIZE;
@@ -37,7 +37,7 @@ int udp_batch_receive(struct udp_batch *batch, int fd, bool want_control)
 	}
 	int received;
 	do
-		received = recvmmsg(fd, batch->in, UDP_BATCH, MSG_DONTWAIT, NULL);
+		received = recvmmsg(fd, batch->in + first, UDP_BATCH - first, MSG_DONTWAIT, NULL);
 	while (received < 0 && errno == EINTR);
 	return received;
 }
@@ -51,9 +51,11 @@ void udp_batch_queue(struct udp_batch *batch, unsigned slot, unsigned i)
 	batch->out[slot].msg_hdr.msg_iovlen = 1;
 }
 
-unsigned udp_batch_send(struct udp_batch *batch, int fd, unsigned count, uint64_t *refused)
+unsigned udp_batch_send(struct udp_batch *batch, int fd, unsigned first, unsigned count,
+			uint64_t *refused)
 {
-	unsigned sent = 0, next = 0;
+	unsigned sent = 0, next = first;
+	count += first;
 	bool retried = false;
 	while (next < count) {
 		int done = sendmmsg(fd, batch->out + next, count - next, MSG_DONTWAIT);

@@ -214,10 +214,11 @@ static socklen_t udp_reply_control(const struct udp_flow *flow, union udp_contro
 }
 
 /*
- * Replies from the internal server: one batch, sent back to the client from
- * the external socket in one sendmmsg.
+ * Takes the replies waiting on one flow's socket into batch slots from
+ * `first` on, queued to go back to the client. Returns the next free slot.
  */
-static void udp_flow_relay_replies(struct udp_relay *udp, struct udp_flow *flow)
+static unsigned udp_flow_take_replies(struct udp_relay *udp, struct udp_flow *flow,
+				      unsigned first, struct udp_flow **slot_flow)
 {
 	struct udp_forward *forward = flow->port->forward;
 	struct relay_ctx *ctx = forward->ctx;
@@ -230,52 +231,78 @@ static void udp_flow_relay_replies(struct udp_relay *udp, struct udp_flow *flow)
 	 * come back) and expires as usual if it does not.
 	 */
 	for (int attempt = 0; attempt < 2 && received < 0; attempt++) {
-		received = udp_batch_receive(batch, flow->fd, false);
+		received = udp_batch_receive(batch, first, flow->fd, false);
 		if (received < 0 && errno != ECONNREFUSED)
 			break;
 		if (received < 0)
 			ctx->counters.udp_refused++;
 	}
 	if (received <= 0)
-		return;
+		return first;
 
-	union udp_control control;
+	/* The flows' sockets are read without control messages: the slots are free. */
 	socklen_t control_len = 0;
+	unsigned slot = first;
 	if (flow->port->wildcard && flow->local.known)
-		control_len = udp_reply_control(flow, &control);
-	unsigned queued = 0;
-	for (unsigned i = 0; i < (unsigned)received; i++) {
+		control_len = udp_reply_control(flow, &batch->control[slot]);
+	for (unsigned i = first; i < first + (unsigned)received; i++) {
 		if (udp_batch_truncated(batch, i)) {
 			ctx->counters.udp_dropped_truncated++;
 			continue;
 		}
-		udp_batch_queue(batch, queued, i);
-		struct msghdr *hdr = &batch->out[queued].msg_hdr;
+		udp_batch_queue(batch, slot, i);
+		struct msghdr *hdr = &batch->out[slot].msg_hdr;
 		hdr->msg_name = &flow->client;
 		hdr->msg_namelen = flow->client_len;
-		hdr->msg_control = control_len != 0 ? control.buf : NULL;
+		hdr->msg_control = control_len != 0 ? batch->control[first].buf : NULL;
 		hdr->msg_controllen = control_len;
-		queued++;
+		slot_flow[slot++] = flow;
 	}
-	uint64_t unused_refused = 0;
-	unsigned sent = udp_batch_send(batch, flow->port->fd, queued, &unused_refused);
-	/* UDP has no back-pressure: what the socket cannot take is dropped, as a router would. */
-	ctx->counters.udp_dropped_send += queued - sent;
-	ctx->counters.udp_datagrams_to_client += sent;
-	flow->datagrams_to_client += sent;
+	flow->datagrams_to_client += slot - first;
 	udp_flow_touch(forward, flow);
+	return slot;
 }
 
-/* Some flow sockets are readable: serve a bounded number of them. */
+/* Sends queued replies, one sendmmsg per run of replies through the same port. */
+static void udp_send_replies(struct udp_relay *udp, struct udp_flow **slot_flow, unsigned count)
+{
+	struct relay_ctx *ctx = udp->ctx;
+	for (unsigned first = 0; first < count;) {
+		struct udp_port *port = slot_flow[first]->port;
+		unsigned last = first + 1;
+		while (last < count && slot_flow[last]->port == port)
+			last++;
+		uint64_t unused_refused = 0;
+		unsigned sent = udp_batch_send(&udp->batch, port->fd, first, last - first,
+					       &unused_refused);
+		/* UDP has no back-pressure: what the socket cannot take is dropped, as a router would. */
+		ctx->counters.udp_dropped_send += (last - first) - sent;
+		ctx->counters.udp_datagrams_to_client += sent;
+		first = last;
+	}
+}
+
+/*
+ * Some flow sockets are readable: gather their replies, from as many flows
+ * as a batch holds, and send them back in as few system calls as possible.
+ */
 static void udp_on_flow_sockets(evutil_socket_t fd, short what, void *arg)
 {
 	struct udp_relay *udp = arg;
 	struct epoll_event ready[UDP_FLOWS_PER_WAKEUP];
+	struct udp_flow *slot_flow[UDP_BATCH];
+	unsigned queued = 0;
 	(void)what;
 
 	int count = epoll_wait(fd, ready, UDP_FLOWS_PER_WAKEUP, 0);
-	for (int i = 0; i < count; i++)
-		udp_flow_relay_replies(udp, ready[i].data.ptr);
+	for (int i = 0; i < count; i++) {
+		if (queued == UDP_BATCH) {
+			udp_send_replies(udp, slot_flow, queued);
+			queued = 0;
+		}
+		queued = udp_flow_take_replies(udp, ready[i].data.ptr, queued, slot_flow);
+	}
+	udp_send_replies(udp, slot_flow, queued);
 }
 
 static struct udp_flow *udp_flow_open(struct udp_port *port, const struct flow_key *key,
@@ -353,7 +380,7 @@ static void udp_flow_send_run(struct udp_batch *batch, struct udp_flow *flow, un
 	struct relay_ctx *ctx = flow->port->forward->ctx;
 	for (unsigned i = first; i < last; i++)
 		udp_batch_queue(batch, i - first, i);
-	unsigned sent = udp_batch_send(batch, flow->fd, last - first, &ctx->counters.udp_refused);
+	unsigned sent = udp_batch_send(batch, flow->fd, 0, last - first, &ctx->counters.udp_refused);
 	ctx->counters.udp_dropped_send += (last - first) - sent;
 	ctx->counters.udp_datagrams_to_internal += sent;
 	flow->datagrams_to_internal += sent;
@@ -396,7 +423,7 @@ static void udp_port_on_readable(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 
 	for (int round = 0; round < UDP_BATCHES_PER_WAKEUP; round++) {
-		int received = udp_batch_receive(batch, fd, port->wildcard);
+		int received = udp_batch_receive(batch, 0, fd, port->wildcard);
 		if (received < 0) {
 			if (errno != EAGAIN && errno != EWOULDBLOCK)
 				log_debug(forward->fwd->name, "udp recv on port %u: %s", port->port,

@@ -44,11 +44,11 @@ int udp_batch_init(struct udp_batch *batch);
 void udp_batch_free(struct udp_batch *batch);
 
 /*
- * Receives up to UDP_BATCH datagrams from fd (with source addresses, and
- * destination addresses when want_control). Returns how many, or -1 with
- * errno (EAGAIN when there is nothing).
+ * Receives datagrams from fd into slots first..UDP_BATCH-1 (with source
+ * addresses, and destination addresses when want_control). Returns how
+ * many, or -1 with errno (EAGAIN when there is nothing).
  */
-int udp_batch_receive(struct udp_batch *batch, int fd, bool want_control);
+int udp_batch_receive(struct udp_batch *batch, unsigned first, int fd, bool want_control);
 
 static inline unsigned char *udp_batch_data(struct udp_batch *batch, unsigned i)
 {
@@ -60,16 +60,20 @@ static inline bool udp_batch_truncated(const struct udp_batch *batch, unsigned i
 	return (batch->in[i].msg_hdr.msg_flags & MSG_TRUNC) != 0;
 }
 
-/* Prepares out[slot] to carry received datagram i (no address, no control). */
+/*
+ * Prepares out[slot] to carry received datagram i (no address, no control).
+ * slot <= i, so that queued data is never overwritten by a later receive.
+ */
 void udp_batch_queue(struct udp_batch *batch, unsigned slot, unsigned i);
 
 /*
- * Sends out[0..count) on fd. A message the kernel refuses (too big, ...) is
+ * Sends out[first..first+count) on fd. A message the kernel refuses (too big, ...) is
  * skipped; a full socket buffer drops the rest, since UDP has no
  * back-pressure. A pending ICMP error reported instead of sending is
  * cleared and the send retried once; *refused counts it. Returns how many
  * were sent.
  */
-unsigned udp_batch_send(struct udp_batch *batch, int fd, unsigned count, uint64_t *refused);
+unsigned udp_batch_send(struct udp_batch *batch, int fd, unsigned first, unsigned count,
+			uint64_t *refused);
 
 #endif
