@@ -138,8 +138,6 @@ static void listener_on_accept(evutil_socket_t fd, short what, void *arg)
 				 strerror(errno));
 			return;
 		}
-		int on = 1;
-		setsockopt(client_fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
 		tcp_session_start(set->ctx, listener->forward, listener->port, client_fd,
 				  &client_addr);
 	}

@@ -164,6 +164,8 @@ int net_listen_tcp(const struct net_addr *addr, int backlog, enum net_share shar
 	int on = 1;
 	/* Restarting must not wait for TIME_WAIT connections of the last run. */
 	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+	/* Accepted sockets inherit it: no Nagle delay, without a call per client. */
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
 	if (net_prepare_share(fd, addr, SOCK_STREAM, share) < 0) {
 		int saved = errno;
 		close(fd);

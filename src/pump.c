@@ -197,6 +197,12 @@ static enum pump_status pump_copy(struct pump *pump, int source_fd, int dest_fd,
 	pump->bytes += sent;
 	if (sent < (size_t)received)
 		return pump_keep(pump, scratch + sent, (size_t)received - sent);
+	/*
+	 * A short read emptied the socket: asking again would only return
+	 * EAGAIN. Anything arriving later makes the socket readable again.
+	 */
+	if (received < PUMP_BUFFER_SIZE)
+		*would_block = true;
 	return PUMP_WANT_READ;
 }
 

@@ -189,9 +189,14 @@ static void session_update_interest(struct tcp_session *session)
 	endpoint_watch(session, &session->internal, internal);
 }
 
-/* Runs one direction; returns false when the session was freed. */
+/*
+ * Runs one direction; returns false when the session was freed. `other` is
+ * the opposite direction's status: when it is already done, the session is
+ * about to close both sockets, which sends the FIN without a shutdown.
+ */
 static bool session_pump(struct tcp_session *session, struct pump *pump,
-			 enum pump_status *status, int source_fd, int dest_fd)
+			 enum pump_status *status, enum pump_status other, int source_fd,
+			 int dest_fd)
 {
 	if (*status == PUMP_DONE)
 		return true;
@@ -203,7 +208,7 @@ static bool session_pump(struct tcp_session *session, struct pump *pump,
 		session_fail(session, pump);
 		return false;
 	}
-	if (*status == PUMP_DONE)
+	if (*status == PUMP_DONE && other != PUMP_DONE)
 		/* Half-close: pass the FIN on; the other direction keeps going. */
 		shutdown(dest_fd, SHUT_WR);
 	return true;
@@ -215,12 +220,12 @@ static void session_relay(struct tcp_session *session, short client_events, shor
 
 	if ((client_events & EV_READ) || (internal_events & EV_WRITE)) {
 		if (!session_pump(session, &session->to_internal, &session->to_internal_status,
-				  client_fd, internal_fd))
+				  session->to_client_status, client_fd, internal_fd))
 			return;
 	}
 	if ((internal_events & EV_READ) || (client_events & EV_WRITE)) {
 		if (!session_pump(session, &session->to_client, &session->to_client_status,
-				  internal_fd, client_fd))
+				  session->to_internal_status, internal_fd, client_fd))
 			return;
 	}
 	if (session->to_internal_status == PUMP_DONE && session->to_client_status == PUMP_DONE) {
