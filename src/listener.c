@@ -45,7 +45,6 @@ struct listener_set {
 	bool paused;
 	bool exhausted;
 	unsigned backoff_ms;
-	uint64_t exhausted_since_ms;
 };
 
 static void listener_set_enable(struct listener_set *set, bool enable)
@@ -76,12 +75,14 @@ void listener_set_pause_for_fds(struct listener_set *set)
 		set->exhausted = true;
 		set->backoff_ms = FD_BACKOFF_FIRST_MS;
 		set->ctx->counters.accept_fd_exhausted++;
-		set->exhausted_since_ms = relay_now_ms();
 		struct fd_episode *episode = set->ctx->options.fd_episode;
-		if (atomic_fetch_add(&episode->exhausted_workers, 1) == 0)
+		bool idle = false;
+		if (atomic_compare_exchange_strong(&episode->active, &idle, true)) {
+			atomic_store(&episode->started_ms, relay_now_ms());
 			log_warn(NULL, "out of file descriptors (%s, %u sessions open): pausing "
 				 "accept, retrying every %u-%u ms", strerror(error),
 				 set->ctx->session_count, FD_BACKOFF_FIRST_MS, FD_BACKOFF_MAX_MS);
+		}
 	} else if (set->backoff_ms < FD_BACKOFF_MAX_MS) {
 		set->backoff_ms *= 2;
 		if (set->backoff_ms > FD_BACKOFF_MAX_MS)
@@ -104,10 +105,11 @@ void listener_set_fds_recovered(struct listener_set *set)
 		return;
 	set->exhausted = false;
 	struct fd_episode *episode = set->ctx->options.fd_episode;
-	if (atomic_fetch_sub(&episode->exhausted_workers, 1) != 1)
-		return;   /* another worker is still short: the episode goes on */
+	bool active = true;
+	if (!atomic_compare_exchange_strong(&episode->active, &active, false))
+		return;   /* another worker has ended the episode already */
 	log_info(NULL, "file descriptors available again after %.1f s: accepting",
-		 (double)(relay_now_ms() - set->exhausted_since_ms) / 1000.0);
+		 (double)(relay_now_ms() - atomic_load(&episode->started_ms)) / 1000.0);
 }
 
 static void listener_on_accept(evutil_socket_t fd, short what, void *arg)
@@ -121,11 +123,8 @@ static void listener_on_accept(evutil_socket_t fd, short what, void *arg)
 		int client_fd = accept4(fd, (struct sockaddr *)&client_addr.ss, &client_addr.len,
 					SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (client_fd < 0) {
-			if (errno == EAGAIN || errno == EWOULDBLOCK) {
-				/* No client waits here: no sign of exhaustion left. */
-				listener_set_fds_recovered(set);
+			if (errno == EAGAIN || errno == EWOULDBLOCK)
 				return;
-			}
 			if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
 				listener_set_pause_for_fds(set);
 				return;

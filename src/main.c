@@ -206,12 +206,45 @@ static unsigned choose_workers(const struct config *cfg, unsigned long fd_limit)
 	return wanted;
 }
 
+/*
+ * Every UDP flow's socket is connected from a local port of its own, taken
+ * from net.ipv4.ip_local_port_range for the whole host: flow limits beyond
+ * that range cannot be reached, and a user should hear it at start-up.
+ */
+static void warn_udp_port_budget(const struct config *cfg)
+{
+	unsigned long flows = 0;
+	for (size_t i = 0; i < cfg->forward_count; i++) {
+		if (cfg->forwards[i].enabled && (cfg->forwards[i].proto & FORWARD_UDP))
+			flows += cfg->udp_max_flows;
+	}
+	FILE *range = fopen("/proc/sys/net/ipv4/ip_local_port_range", "r");
+	unsigned low = 0, high = 0;
+	if (flows == 0 || range == NULL || fscanf(range, "%u %u", &low, &high) != 2 || high < low) {
+		if (range != NULL)
+			fclose(range);
+		return;
+	}
+	fclose(range);
+	unsigned long ports = high - low + 1;
+	if (flows > ports)
+		log_warn(NULL, "udp.max_flows allows %lu flows, but each takes a local port and "
+			 "net.ipv4.ip_local_port_range (%u-%u) has %lu for the whole host",
+			 flows, low, high, ports);
+}
+
 static void on_stop_signal(evutil_socket_t signum, short what, void *arg)
 {
 	struct worker_pool *pool = arg;
 	(void)what;
 	log_info(NULL, "%s: stopping", signum == SIGINT ? "SIGINT" : "SIGTERM");
 	worker_pool_stop(pool);
+}
+
+static void on_hangup_signal(evutil_socket_t signum, short what, void *arg)
+{
+	(void)signum, (void)what, (void)arg;
+	log_warn(NULL, "SIGHUP: reloading the configuration is not supported; ignored");
 }
 
 static void log_forwards(const struct config *cfg)
@@ -227,6 +260,7 @@ static void log_forwards(const struct config *cfg)
 static int run(const struct config *cfg, unsigned long fd_limit)
 {
 	unsigned workers = choose_workers(cfg, fd_limit);
+	warn_udp_port_budget(cfg);
 	struct worker_pool *pool = worker_pool_open(cfg, workers, fd_limit);
 	if (pool == NULL)
 		return EXIT_CONFIG;
@@ -234,8 +268,10 @@ static int run(const struct config *cfg, unsigned long fd_limit)
 	struct event_base *base = worker_pool_main_base(pool);
 	struct event *sigint = evsignal_new(base, SIGINT, on_stop_signal, pool);
 	struct event *sigterm = evsignal_new(base, SIGTERM, on_stop_signal, pool);
+	struct event *sighup = evsignal_new(base, SIGHUP, on_hangup_signal, NULL);
 	evsignal_add(sigint, NULL);
 	evsignal_add(sigterm, NULL);
+	evsignal_add(sighup, NULL);
 
 	const struct relay_ctx *first = worker_pool_first(pool);
 	log_forwards(cfg);
@@ -253,6 +289,7 @@ static int run(const struct config *cfg, unsigned long fd_limit)
 		 (unsigned long long)totals.udp_flows_created);
 	event_free(sigint);
 	event_free(sigterm);
+	event_free(sighup);
 	worker_pool_free(pool);
 	return status;
 }

@@ -288,9 +288,14 @@ enum pump_status pump_run(struct pump *pump, int source_fd, int dest_fd)
 			pump_release(pump);
 			return PUMP_DONE;
 		}
-		/* Fair share done, and nothing is left in flight: yield. */
-		if (reads == PUMP_READS_PER_TURN)
+		/*
+		 * Fair share done, and nothing is left in flight: yield, and give
+		 * the (empty) pipe back, in case the burst just ended with it.
+		 */
+		if (reads == PUMP_READS_PER_TURN) {
+			pump_release_pipe(pump);
 			break;
+		}
 
 		bool would_block = false;
 		status = PUMP_WANT_READ;

@@ -51,14 +51,18 @@ int relay_ctx_init(struct relay_ctx *ctx, struct event_base *base, const struct 
 	 * Every session arms the same two durations: common-timeout queues keep
 	 * them in order in O(1) instead of the timer heap's O(log n).
 	 */
-	struct timeval connect_timeout = relay_seconds_to_timeval(cfg->tcp_connect_timeout);
+	/* Below a millisecond, timers and the idle check round to nothing: clamp. */
+	double connect_seconds = cfg->tcp_connect_timeout < 0.001 ? 0.001 : cfg->tcp_connect_timeout;
+	double idle_seconds = cfg->tcp_idle_timeout > 0 && cfg->tcp_idle_timeout < 0.001
+				      ? 0.001 : cfg->tcp_idle_timeout;
+	struct timeval connect_timeout = relay_seconds_to_timeval(connect_seconds);
 	const struct timeval *common = event_base_init_common_timeout(base, &connect_timeout);
 	ctx->tcp_connect_timeout = common != NULL ? *common : connect_timeout;
-	struct timeval idle_timeout = relay_seconds_to_timeval(cfg->tcp_idle_timeout);
+	struct timeval idle_timeout = relay_seconds_to_timeval(idle_seconds);
 	common = timerisset(&idle_timeout) ? event_base_init_common_timeout(base, &idle_timeout)
 					   : NULL;
 	ctx->tcp_idle_timeout = common != NULL ? *common : idle_timeout;
-	ctx->tcp_idle_timeout_ms = (uint64_t)(cfg->tcp_idle_timeout * 1000.0);
+	ctx->tcp_idle_timeout_ms = (uint64_t)(idle_seconds * 1000.0);
 	return pump_pool_init(&ctx->pumps, options->max_pipes);
 }
 

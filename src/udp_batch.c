@@ -64,8 +64,11 @@ unsigned udp_batch_send(struct udp_batch *batch, int fd, unsigned first, unsigne
 			next += (unsigned)done;
 		} else if (done < 0 && errno == EINTR) {
 			continue;
-		} else if (done < 0 && errno == ECONNREFUSED && !retried) {
+		} else if (done < 0 && errno == ECONNREFUSED) {
+			/* Once: the pending error is cleared, try again; twice: skip that one. */
 			(*refused)++;
+			if (retried)
+				next++;
 			retried = true;
 		} else if (done < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS)) {
 			break;

@@ -82,8 +82,10 @@ struct udp_forward {
 	atomic_uint *flows_open;       /* this forward's flows in every worker */
 	struct udp_port *ports;
 	unsigned port_count;
-	uint64_t last_warn_ms;
-	uint64_t dropped_since_warn;
+	struct udp_drop_log {
+		uint64_t last_warn_ms;
+		uint64_t since_warn;
+	} drop_log[2];   /* indexed by enum udp_drop_reason */
 };
 
 struct udp_relay {
@@ -131,17 +133,26 @@ static void udp_flow_free(struct udp_forward *forward, struct udp_flow *flow, co
 	free(flow);
 }
 
-/* Logs at most once a second; counts what it did not log. */
-static void udp_warn_limited(struct udp_forward *forward, const char *what)
+/* Why new clients' datagrams were dropped; each reason is logged on its own. */
+enum udp_drop_reason {
+	UDP_DROP_TABLE_FULL,
+	UDP_DROP_NO_SOCKET,
+	UDP_DROP_REASONS,
+};
+
+/* Logs a reason at most once a second, with how many drops it stands for. */
+static void udp_warn_limited(struct udp_forward *forward, enum udp_drop_reason reason,
+			     const char *what)
 {
+	struct udp_drop_log *log = &forward->drop_log[reason];
 	uint64_t now = relay_now_ms();
-	forward->dropped_since_warn++;
-	if (now - forward->last_warn_ms < UDP_WARN_INTERVAL_MS && forward->last_warn_ms != 0)
+	log->since_warn++;
+	if (log->last_warn_ms != 0 && now - log->last_warn_ms < UDP_WARN_INTERVAL_MS)
 		return;
 	log_warn(forward->fwd->name, "%s: %llu datagrams from new clients dropped", what,
-		 (unsigned long long)forward->dropped_since_warn);
-	forward->last_warn_ms = now;
-	forward->dropped_since_warn = 0;
+		 (unsigned long long)log->since_warn);
+	log->last_warn_ms = now;
+	log->since_warn = 0;
 }
 
 static void udp_expiry_arm(struct udp_forward *forward, uint64_t now_ms)
@@ -193,6 +204,9 @@ static void udp_local_from_cmsg(struct udp_local *local, struct msghdr *msg)
 			local->known = true;
 			local->level = IPPROTO_IPV6;
 			memcpy(&local->info.v6, CMSG_DATA(cmsg), sizeof local->info.v6);
+			/* Any interface the route picks, but for link-local addresses. */
+			if (!IN6_IS_ADDR_LINKLOCAL(&local->info.v6.ipi6_addr))
+				local->info.v6.ipi6_ifindex = 0;
 			return;
 		}
 	}
@@ -214,15 +228,25 @@ static socklen_t udp_reply_control(const struct udp_flow *flow, union udp_contro
 }
 
 /*
- * Takes the replies waiting on one flow's socket into batch slots from
- * `first` on, queued to go back to the client. Returns the next free slot.
+ * Where a batch of replies stands: datagrams are received into slots from
+ * `received` on and queued to go out in slots from `queued` on. A skipped
+ * datagram leaves queued < received; keeping both apart means a later
+ * receive never lands in a buffer a queued reply still points to.
  */
-static unsigned udp_flow_take_replies(struct udp_relay *udp, struct udp_flow *flow,
-				      unsigned first, struct udp_flow **slot_flow)
+struct udp_reply_batch {
+	unsigned received;
+	unsigned queued;
+	struct udp_flow *flow_of[UDP_BATCH];   /* per queued slot */
+};
+
+/* Takes the replies waiting on one flow's socket into the batch. */
+static void udp_flow_take_replies(struct udp_relay *udp, struct udp_flow *flow,
+				  struct udp_reply_batch *replies)
 {
 	struct udp_forward *forward = flow->port->forward;
 	struct relay_ctx *ctx = forward->ctx;
 	struct udp_batch *batch = &udp->batch;
+	unsigned first = replies->received;
 	int received = -1;
 
 	/*
@@ -238,39 +262,41 @@ static unsigned udp_flow_take_replies(struct udp_relay *udp, struct udp_flow *fl
 			ctx->counters.udp_refused++;
 	}
 	if (received <= 0)
-		return first;
+		return;
+	replies->received += (unsigned)received;
 
 	/* The flows' sockets are read without control messages: the slots are free. */
 	socklen_t control_len = 0;
-	unsigned slot = first;
+	union udp_control *control = &batch->control[first];
 	if (flow->port->wildcard && flow->local.known)
-		control_len = udp_reply_control(flow, &batch->control[slot]);
-	for (unsigned i = first; i < first + (unsigned)received; i++) {
+		control_len = udp_reply_control(flow, control);
+	unsigned queued_before = replies->queued;
+	for (unsigned i = first; i < replies->received; i++) {
 		if (udp_batch_truncated(batch, i)) {
 			ctx->counters.udp_dropped_truncated++;
 			continue;
 		}
+		unsigned slot = replies->queued++;
 		udp_batch_queue(batch, slot, i);
 		struct msghdr *hdr = &batch->out[slot].msg_hdr;
 		hdr->msg_name = &flow->client;
 		hdr->msg_namelen = flow->client_len;
-		hdr->msg_control = control_len != 0 ? batch->control[first].buf : NULL;
+		hdr->msg_control = control_len != 0 ? control->buf : NULL;
 		hdr->msg_controllen = control_len;
-		slot_flow[slot++] = flow;
+		replies->flow_of[slot] = flow;
 	}
-	flow->datagrams_to_client += slot - first;
+	flow->datagrams_to_client += replies->queued - queued_before;
 	udp_flow_touch(forward, flow);
-	return slot;
 }
 
 /* Sends queued replies, one sendmmsg per run of replies through the same port. */
-static void udp_send_replies(struct udp_relay *udp, struct udp_flow **slot_flow, unsigned count)
+static void udp_send_replies(struct udp_relay *udp, struct udp_reply_batch *replies)
 {
 	struct relay_ctx *ctx = udp->ctx;
-	for (unsigned first = 0; first < count;) {
-		struct udp_port *port = slot_flow[first]->port;
+	for (unsigned first = 0; first < replies->queued;) {
+		struct udp_port *port = replies->flow_of[first]->port;
 		unsigned last = first + 1;
-		while (last < count && slot_flow[last]->port == port)
+		while (last < replies->queued && replies->flow_of[last]->port == port)
 			last++;
 		uint64_t unused_refused = 0;
 		unsigned sent = udp_batch_send(&udp->batch, port->fd, first, last - first,
@@ -280,6 +306,7 @@ static void udp_send_replies(struct udp_relay *udp, struct udp_flow **slot_flow,
 		ctx->counters.udp_datagrams_to_client += sent;
 		first = last;
 	}
+	replies->received = replies->queued = 0;
 }
 
 /*
@@ -290,19 +317,16 @@ static void udp_on_flow_sockets(evutil_socket_t fd, short what, void *arg)
 {
 	struct udp_relay *udp = arg;
 	struct epoll_event ready[UDP_FLOWS_PER_WAKEUP];
-	struct udp_flow *slot_flow[UDP_BATCH];
-	unsigned queued = 0;
+	struct udp_reply_batch replies = { 0 };
 	(void)what;
 
 	int count = epoll_wait(fd, ready, UDP_FLOWS_PER_WAKEUP, 0);
 	for (int i = 0; i < count; i++) {
-		if (queued == UDP_BATCH) {
-			udp_send_replies(udp, slot_flow, queued);
-			queued = 0;
-		}
-		queued = udp_flow_take_replies(udp, ready[i].data.ptr, queued, slot_flow);
+		if (replies.received == UDP_BATCH)
+			udp_send_replies(udp, &replies);
+		udp_flow_take_replies(udp, ready[i].data.ptr, &replies);
 	}
-	udp_send_replies(udp, slot_flow, queued);
+	udp_send_replies(udp, &replies);
 }
 
 static struct udp_flow *udp_flow_open(struct udp_port *port, const struct flow_key *key,
@@ -316,7 +340,7 @@ static struct udp_flow *udp_flow_open(struct udp_port *port, const struct flow_k
 	if (atomic_fetch_add(forward->flows_open, 1) >= forward->max_flows) {
 		atomic_fetch_sub(forward->flows_open, 1);
 		ctx->counters.udp_dropped_table_full++;
-		udp_warn_limited(forward, "flow table full (udp.max_flows)");
+		udp_warn_limited(forward, UDP_DROP_TABLE_FULL, "flow table full (udp.max_flows)");
 		return NULL;
 	}
 	struct udp_flow *flow = calloc(1, sizeof *flow);
@@ -345,10 +369,16 @@ static struct udp_flow *udp_flow_open(struct udp_port *port, const struct flow_k
 		udp_expiry_arm(forward, now);
 	ctx->counters.udp_flows_created++;
 	return flow;
-fail:
+fail:;
+	/*
+	 * Usually EMFILE, or EAGAIN when the local ports run out: every flow's
+	 * connected socket holds one of net.ipv4.ip_local_port_range.
+	 */
+	char what[128];
+	snprintf(what, sizeof what, "cannot open a flow socket (%s)", strerror(errno));
 	atomic_fetch_sub(forward->flows_open, 1);
 	ctx->counters.udp_flow_failed++;
-	udp_warn_limited(forward, "cannot open a flow socket");
+	udp_warn_limited(forward, UDP_DROP_NO_SOCKET, what);
 	if (flow != NULL) {
 		if (flow->fd >= 0)
 			close(flow->fd);

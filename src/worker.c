@@ -54,8 +54,8 @@ static struct relay_options worker_options(struct worker_pool *pool, const struc
 	if (count > 1)
 		options.share = index == 0 ? NET_SHARED_FIRST : NET_SHARED;
 	if (cfg->tcp_splice) {
-		/* A pipe is two descriptors; leave most of them to connections. */
-		unsigned long pipes = fd_limit / 8 / count;
+		/* Pipes (two descriptors each) take at most an eighth of the descriptors. */
+		unsigned long pipes = fd_limit / 16 / count;
 		options.max_pipes = pipes > WORKER_PIPES_MIN ? (unsigned)pipes : WORKER_PIPES_MIN;
 	}
 	options.udp_flows_open = pool->udp_flows_open;
@@ -107,7 +107,8 @@ struct worker_pool *worker_pool_open(const struct config *cfg, unsigned count,
 	struct worker_pool *pool = calloc(1, sizeof *pool);
 	if (pool == NULL)
 		return NULL;
-	atomic_init(&pool->fd_episode.exhausted_workers, 0);
+	atomic_init(&pool->fd_episode.active, false);
+	atomic_init(&pool->fd_episode.started_ms, 0);
 	pool->workers = calloc(count, sizeof *pool->workers);
 	pool->udp_flows_open = calloc(cfg->forward_count + 1, sizeof *pool->udp_flows_open);
 	if (pool->workers == NULL || pool->udp_flows_open == NULL) {

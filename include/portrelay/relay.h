@@ -49,12 +49,14 @@ struct relay_counters {
 };
 
 /*
- * Shared by every worker: how many are out of file descriptors now, so that
- * one process-wide episode is logged once, not once per worker. Touched only
- * when descriptors run out or come back, never on the data path.
+ * Shared by every worker: whether the process is out of file descriptors.
+ * An episode runs from the first EMFILE/ENFILE in any worker until a new
+ * session in any worker gets both its sockets, and is logged once at each
+ * end. Touched only then, never on the data path.
  */
 struct fd_episode {
-	atomic_uint exhausted_workers;
+	atomic_bool active;
+	atomic_ullong started_ms;
 };
 
 /* How one context shares the machine with the others (one per worker). */

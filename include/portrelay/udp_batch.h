@@ -62,7 +62,8 @@ static inline bool udp_batch_truncated(const struct udp_batch *batch, unsigned i
 
 /*
  * Prepares out[slot] to carry received datagram i (no address, no control).
- * slot <= i, so that queued data is never overwritten by a later receive.
+ * The data stays in datagram i's buffer until sent: the caller must not
+ * receive into slot i again before then.
  */
 void udp_batch_queue(struct udp_batch *batch, unsigned slot, unsigned i);
 
