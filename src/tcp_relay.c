@@ -157,19 +157,24 @@ static void session_end(struct tcp_session *session, const char *reason, bool re
  * A socket error on one direction: the side that failed is gone (or reset
  * us), so the other side gets a reset too, as it would from the peer itself.
  */
+static void session_fail_on(struct tcp_session *session, bool from_client, int error)
+{
+	session->ctx->counters.tcp_reset++;
+	if (error == ECONNRESET || error == EPIPE) {
+		session_end(session, from_client ? "reset by client" : "reset by internal",
+			    !from_client, from_client);
+		return;
+	}
+	char reason[128];
+	snprintf(reason, sizeof reason, "%s error: %s", from_client ? "client" : "internal",
+		 strerror(error));
+	session_end(session, reason, !from_client, from_client);
+}
+
 static void session_fail(struct tcp_session *session, const struct pump *pump)
 {
 	bool from_client = (pump == &session->to_internal) != pump->error_at_dest;
-	session->ctx->counters.tcp_reset++;
-	if (pump->error == ECONNRESET || pump->error == EPIPE)
-		session_end(session, from_client ? "reset by client" : "reset by internal",
-			    !from_client, from_client);
-	else {
-		char reason[128];
-		snprintf(reason, sizeof reason, "%s error: %s", from_client ? "client" : "internal",
-			 strerror(pump->error));
-		session_end(session, reason, !from_client, from_client);
-	}
+	session_fail_on(session, from_client, pump->error);
 }
 
 /* Sets both endpoints' interest from what each direction waits for. */
@@ -185,8 +190,30 @@ static void session_update_interest(struct tcp_session *session)
 		internal |= EV_READ;
 	else if (session->to_client_status == PUMP_WANT_WRITE)
 		client |= EV_WRITE;
+	/*
+	 * A socket that is neither read (it sent its FIN) nor written (nothing
+	 * to send it now) would drop out of epoll, and a reset it receives would
+	 * go unseen while the other side stays silent. Watch it edge-triggered:
+	 * one wake-up now, one more only when its state changes (a reset).
+	 */
+	if (client == 0)
+		client = EV_READ | EV_ET;
+	if (internal == 0)
+		internal = EV_READ | EV_ET;
 	endpoint_watch(session, &session->client, client);
 	endpoint_watch(session, &session->internal, internal);
+}
+
+/*
+ * A wake-up on a socket watched only for a reset (see above): end the
+ * session if the socket has an error, otherwise there is nothing to do.
+ */
+static void session_check_hangup(struct tcp_session *session, bool client_side)
+{
+	const struct endpoint *endpoint = client_side ? &session->client : &session->internal;
+	int error = net_socket_error(endpoint->fd);
+	if (error != 0)
+		session_fail_on(session, client_side, error);
 }
 
 /*
@@ -277,7 +304,13 @@ static void session_on_socket(evutil_socket_t fd, short what, void *arg)
 		session_connected(session);
 		return;
 	}
-	if (fd == session->client.fd)
+	bool client_side = fd == session->client.fd;
+	struct endpoint *endpoint = client_side ? &session->client : &session->internal;
+	if (endpoint->interest & EV_ET) {
+		session_check_hangup(session, client_side);
+		return;
+	}
+	if (client_side)
 		session_relay(session, what, 0);
 	else
 		session_relay(session, 0, what);

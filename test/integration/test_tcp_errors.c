@@ -7,6 +7,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <netinet/tcp.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <stdlib.h>
@@ -352,6 +353,53 @@ static void test_client_reset_propagates_to_server(void **state)
 	fx_stop_relay_ok(fx);
 }
 
+/*
+ * The client sends its request and FIN, then resets while the server is
+ * still thinking. The relay no longer reads from the client, but must still
+ * notice the reset and pass it on instead of holding the session until the
+ * server answers.
+ */
+static void test_reset_after_half_close_reaches_a_silent_server(void **state)
+{
+	struct fx *fx = *state;
+	int lfd = sock_listen(AF_INET, 0, 16);
+	assert_true(lfd >= 0);
+	uint16_t port = start_one(fx, "hr", sock_port(lfd), 5.0, 0.0);
+	int fd = connect_relay(fx, port);
+	int server = sock_accept(lfd, 10000 * hang_scale());
+	assert_true(server >= 0);
+	char c = 0;
+	assert_int_equal(sock_send_all(fd, "r", 1, 5000 * hang_scale()), 0);
+	assert_int_equal(shutdown(fd, SHUT_WR), 0);
+	assert_int_equal(sock_recv_exact(server, &c, 1, 5000 * hang_scale()), 0);
+	/* The request's end reaches the server; the server stays silent. */
+	size_t extra = 0;
+	assert_int_equal(sock_wait_close(server, 5000 * hang_scale(), &extra), 0);
+
+	int64_t t_reset = now_ms();
+	sock_close_reset(fd);
+	/*
+	 * Without sending anything (that would itself reveal the dead client),
+	 * the server's connection must be reset: it leaves CLOSE_WAIT for CLOSE.
+	 */
+	int tcp_state = sock_tcp_state(server);
+	while (tcp_state != TCP_CLOSE && now_ms() - t_reset < 3000 * hang_scale()) {
+		sleep_ms(10);
+		tcp_state = sock_tcp_state(server);
+	}
+	close(server);
+	close(lfd);
+	if (tcp_state != TCP_CLOSE)
+		fail_with_log(fx, "3 s after the client's reset the silent server's connection is "
+			      "still open (TCP state %d)", tcp_state);
+	fprintf(stderr, "reset after half-close: server's connection reset after %lld ms\n",
+		(long long)(now_ms() - t_reset));
+	const char *line[] = { "tcp closed", "[hr]", "reset by client", NULL };
+	if (!wait_for_log_line(&fx->relay, line, 5000 * hang_scale()))
+		fail_with_log(fx, "no 'tcp closed' line with [hr] and 'reset by client'");
+	fx_stop_relay_ok(fx);
+}
+
 static void test_server_reset_propagates_to_client(void **state)
 {
 	struct fx *fx = *state;
@@ -570,6 +618,7 @@ int main(void)
 		FX_TEST(test_no_fd_leak_after_every_kind_of_close),
 		FX_TEST(test_client_reset_propagates_to_server),
 		FX_TEST(test_server_reset_propagates_to_client),
+		FX_TEST(test_reset_after_half_close_reaches_a_silent_server),
 		FX_TEST(test_idle_timeout_closes_only_idle_connections),
 		FX_TEST(test_fd_exhaustion_pauses_accept_and_recovers),
 	};
