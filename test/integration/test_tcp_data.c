@@ -14,20 +14,29 @@
 #define MiB (1024u * 1024u)
 
 /* A config template with one TCP forward from 127.0.0.1:@P0@ (or ext_addr). */
-static char *one_forward(const char *name, const char *ext_addr, const char *int_ip,
-			 unsigned int_port, double connect_timeout, double idle_timeout)
+static char *one_forward_with(const char *name, const char *ext_addr, const char *int_ip,
+			      unsigned int_port, double connect_timeout, double idle_timeout,
+			      bool splice)
 {
 	char *t = NULL;
 	int n = asprintf(&t,
 			 "log_level = \"debug\";\n"
-			 "tcp = { connect_timeout = %.3f; idle_timeout = %.3f; };\n"
+			 "tcp = { connect_timeout = %.3f; idle_timeout = %.3f; splice = %s; };\n"
 			 "forwards = (\n"
 			 "  { name = \"%s\"; protocol = \"tcp\"; external_address = \"%s\";\n"
 			 "    external_port = @P0@; internal_ip = \"%s\"; internal_port = %u; }\n"
 			 ");\n",
-			 connect_timeout, idle_timeout, name, ext_addr, int_ip, int_port);
+			 connect_timeout, idle_timeout, splice ? "true" : "false", name, ext_addr,
+			 int_ip, int_port);
 	assert_true(n > 0);
 	return t;
+}
+
+static char *one_forward(const char *name, const char *ext_addr, const char *int_ip,
+			 unsigned int_port, double connect_timeout, double idle_timeout)
+{
+	return one_forward_with(name, ext_addr, int_ip, int_port, connect_timeout, idle_timeout,
+				true);
 }
 
 static uint16_t start_one_forward(struct fx *fx, const char *name, int family, unsigned int_port)
@@ -75,13 +84,16 @@ static void *bulk_server_main(void *arg)
 	return NULL;
 }
 
-static void test_bulk_64mib_each_way_at_once(void **state)
+/* 64 MiB each way at once, zero-copy (splice) or copied through userspace. */
+static void run_bulk_each_way(struct fx *fx, bool splice)
 {
-	struct fx *fx = *state;
 	struct duplex_peer *srv = fx_calloc(fx, sizeof *srv);
 	srv->lfd = sock_listen(AF_INET, 0, 16);
 	assert_true(srv->lfd >= 0);
-	uint16_t port = start_one_forward(fx, "bulk", AF_INET, sock_port(srv->lfd));
+	char *t = one_forward_with("bulk", "127.0.0.1", "127.0.0.1", sock_port(srv->lfd), 5.0, 0.0,
+				   splice);
+	uint16_t port = fx_start_relay(fx, 1, PORTS_V4, t);
+	free(t);
 
 	int th = fx_thread_start(fx, bulk_server_main, srv);
 	int fd = connect_relay(fx, AF_INET, port);
@@ -102,7 +114,7 @@ static void test_bulk_64mib_each_way_at_once(void **state)
 		fail_with_log(fx, "client side: %s", x.what);
 	if (srv->not_done)
 		fail_with_log(fx, "server side: %s", srv->x.what);
-	fprintf(stderr, "bulk: 2 x 64 MiB in %.2f s\n", secs);
+	fprintf(stderr, "bulk (%s): 2 x 64 MiB in %.2f s\n", splice ? "splice" : "copied", secs);
 	assert_true(x.rx_done == BULK_LEN && srv->x.rx_done == BULK_LEN);
 	assert_true(x.rx_hash == srv->x.tx_hash);
 	assert_true(srv->x.rx_hash == x.tx_hash);
@@ -112,6 +124,16 @@ static void test_bulk_64mib_each_way_at_once(void **state)
 	if (!wait_for_log_line(&fx->relay, line, 5000 * hang_scale()))
 		fail_with_log(fx, "no 'tcp closed' line with both byte counts of 67108864");
 	fx_stop_relay_ok(fx);
+}
+
+static void test_bulk_64mib_each_way_at_once(void **state)
+{
+	run_bulk_each_way(*state, true);
+}
+
+static void test_bulk_64mib_each_way_without_splice(void **state)
+{
+	run_bulk_each_way(*state, false);
 }
 
 /* ---- 2. many concurrent connections ------------------------------------------- */
@@ -419,6 +441,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		FX_TEST(test_bulk_64mib_each_way_at_once),
+		FX_TEST(test_bulk_64mib_each_way_without_splice),
 		FX_TEST(test_200_concurrent_connections_echo_intact),
 		FX_TEST(test_half_close_delivers_full_reply),
 		FX_TEST(test_port_range_reaches_each_internal_port),
