@@ -292,8 +292,12 @@ static void session_connected(struct tcp_session *session)
 	session->state = SESSION_RELAYING;
 	session->last_active_ms = relay_now_ms();
 	session_arm_idle_timer(session, &session->ctx->tcp_idle_timeout);
-	/* The client may have sent already: try at once, then wait for readiness. */
-	session_relay(session, EV_READ, EV_READ);
+	/*
+	 * The client has most likely sent its request while we connected: try it
+	 * at once. The server has had no time to speak yet; its first bytes, like
+	 * everything after, are read when epoll reports them.
+	 */
+	session_relay(session, EV_READ, 0);
 }
 
 static void session_on_socket(evutil_socket_t fd, short what, void *arg)
