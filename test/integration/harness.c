@@ -1246,6 +1246,11 @@ int relay_spawn(struct relay *r, const char *const *args)
 		}
 		if (r->nofile > 0)
 			setrlimit(RLIMIT_NOFILE, &rl);
+		if (r->nofile_soft > 0) {
+			struct rlimit soft = { .rlim_cur = (rlim_t)r->nofile_soft,
+					       .rlim_max = cur.rlim_max };
+			setrlimit(RLIMIT_NOFILE, &soft);
+		}
 		struct sigaction sa;
 		memset(&sa, 0, sizeof sa);
 		sa.sa_handler = SIG_DFL;

@@ -186,6 +186,7 @@ struct relay {
 	char dir[128];             /* mkdtemp directory */
 	char config_path[192];
 	int nofile;                /* > 0: RLIMIT_NOFILE soft = hard = nofile in the child */
+	int nofile_soft;           /* > 0: only the soft RLIMIT_NOFILE, hard left as it is */
 	int64_t spawned_ms;
 };
 

@@ -5,6 +5,8 @@
  */
 #include "harness.h"
 
+#include <sys/resource.h>
+
 #include <errno.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -209,6 +211,46 @@ static void test_second_relay_on_the_same_ports_exits_1(void **state)
 	assert_int_equal(relay_stop(&fx->relay), 0);
 }
 
+/*
+ * A default soft limit of 1024 would cap the relay at a few hundred clients:
+ * it raises the soft limit to the hard one at start-up and says so.
+ */
+static void test_start_up_raises_the_open_files_limit(void **state)
+{
+	struct fx *fx = *state;
+	fx_require_relay();
+	struct rlimit limit;
+	assert_int_equal(getrlimit(RLIMIT_NOFILE, &limit), 0);
+	if (limit.rlim_max == RLIM_INFINITY || limit.rlim_max <= 256)
+		skip();
+	uint16_t port = 0;
+	assert_int_equal(port_block_find(1, PORTS_V4, &port), 0);
+	char spec[96];
+	snprintf(spec, sizeof spec, "tcp:127.0.0.1:%u:127.0.0.1:%u", port, (unsigned)dead_port(AF_INET));
+	relay_init(&fx->relay);
+	fx->relay_inited = true;
+	fx->relay.nofile_soft = 256;
+	const char *args[] = { "-L", spec, NULL };
+	assert_int_equal(relay_spawn(&fx->relay, args), 0);
+	if (relay_wait_ready(&fx->relay, 20000 * hang_scale()) != 0)
+		fail_with_log(fx, "relay did not become ready");
+
+	char want[64], path[64], line[256];
+	snprintf(want, sizeof want, "open-files limit %llu", (unsigned long long)limit.rlim_max);
+	if (!relay_log_contains(&fx->relay, want))
+		fail_with_log(fx, "stderr lacks '%s'", want);
+	snprintf(path, sizeof path, "/proc/%d/limits", (int)fx->relay.pid);
+	FILE *f = fopen(path, "r");
+	assert_non_null(f);
+	unsigned long long soft = 0;
+	while (fgets(line, sizeof line, f) != NULL)
+		if (sscanf(line, "Max open files %llu", &soft) == 1)
+			break;
+	fclose(f);
+	assert_int_equal(soft, (unsigned long long)limit.rlim_max);
+	assert_int_equal(relay_stop(&fx->relay), 0);
+}
+
 /* ---- usage errors ---------------------------------------------------------------------- */
 
 static void test_unknown_option_exits_2(void **state)
@@ -327,6 +369,7 @@ int main(void)
 		FX_TEST(test_check_bad_file_names_file_and_line),
 		FX_TEST(test_port_in_use_exits_1_with_reason),
 		FX_TEST(test_second_relay_on_the_same_ports_exits_1),
+		FX_TEST(test_start_up_raises_the_open_files_limit),
 		FX_TEST(test_unknown_option_exits_2),
 		FX_TEST(test_forward_specs_relay_without_config_file),
 		FX_TEST(test_sigterm_with_open_connections_exits_0),
