@@ -257,6 +257,28 @@ static void log_forwards(const struct config *cfg)
 	}
 }
 
+/* What happened while running, for the last lines of the log. */
+static void log_totals(const struct relay_counters *c)
+{
+	log_info(NULL, "stopped. tcp: %llu connections (%llu failed to connect, %llu reset, "
+		 "%llu idle timeouts), %llu bytes to internal, %llu bytes to client, %llu "
+		 "episodes out of file descriptors",
+		 (unsigned long long)c->tcp_accepted, (unsigned long long)c->tcp_connect_failed,
+		 (unsigned long long)c->tcp_reset, (unsigned long long)c->tcp_idle_closed,
+		 (unsigned long long)c->bytes_to_internal, (unsigned long long)c->bytes_to_client,
+		 (unsigned long long)c->accept_fd_exhausted);
+	log_info(NULL, "stopped. udp: %llu flows (%llu expired), %llu datagrams to internal, "
+		 "%llu to client; dropped: %llu table full, %llu no flow socket, %llu too big, "
+		 "%llu send failed; %llu port unreachable",
+		 (unsigned long long)c->udp_flows_created, (unsigned long long)c->udp_flows_expired,
+		 (unsigned long long)c->udp_datagrams_to_internal,
+		 (unsigned long long)c->udp_datagrams_to_client,
+		 (unsigned long long)c->udp_dropped_table_full,
+		 (unsigned long long)c->udp_flow_failed,
+		 (unsigned long long)c->udp_dropped_truncated,
+		 (unsigned long long)c->udp_dropped_send, (unsigned long long)c->udp_refused);
+}
+
 static int run(const struct config *cfg, unsigned long fd_limit)
 {
 	unsigned workers = choose_workers(cfg, fd_limit);
@@ -281,12 +303,10 @@ static int run(const struct config *cfg, unsigned long fd_limit)
 		 cfg->tcp_splice ? ", splice on" : "");
 	int status = worker_pool_run(pool) == 0 ? EXIT_OK : EXIT_CONFIG;
 
+	worker_pool_close(pool);
 	struct relay_counters totals;
 	worker_pool_counters(pool, &totals);
-	log_info(NULL, "stopped: closing %u connections; served %llu tcp connections and "
-		 "%llu udp flows", worker_pool_session_count(pool),
-		 (unsigned long long)totals.tcp_accepted,
-		 (unsigned long long)totals.udp_flows_created);
+	log_totals(&totals);
 	event_free(sigint);
 	event_free(sigterm);
 	event_free(sighup);

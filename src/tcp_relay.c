@@ -94,7 +94,6 @@ static void session_close(struct tcp_session *session, bool reset_client, bool r
 
 	TAILQ_REMOVE(&ctx->sessions, session, link);
 	ctx->session_count--;
-	ctx->counters.tcp_closed++;
 	ctx->counters.bytes_to_internal += session->to_internal.bytes;
 	ctx->counters.bytes_to_client += session->to_client.bytes;
 

@@ -71,6 +71,13 @@ struct udp_flow {
 	uint32_t datagrams_to_client;
 };
 
+/* Why new clients' datagrams were dropped; each reason is logged on its own. */
+enum udp_drop_reason {
+	UDP_DROP_TABLE_FULL,
+	UDP_DROP_NO_SOCKET,
+	UDP_DROP_REASONS,
+};
+
 struct udp_forward {
 	struct relay_ctx *ctx;
 	struct udp_relay *relay;
@@ -85,7 +92,7 @@ struct udp_forward {
 	struct udp_drop_log {
 		uint64_t last_warn_ms;
 		uint64_t since_warn;
-	} drop_log[2];   /* indexed by enum udp_drop_reason */
+	} drop_log[UDP_DROP_REASONS];
 };
 
 struct udp_relay {
@@ -132,13 +139,6 @@ static void udp_flow_free(struct udp_forward *forward, struct udp_flow *flow, co
 	close(flow->fd);   /* also leaves the epoll set: the fd is not shared */
 	free(flow);
 }
-
-/* Why new clients' datagrams were dropped; each reason is logged on its own. */
-enum udp_drop_reason {
-	UDP_DROP_TABLE_FULL,
-	UDP_DROP_NO_SOCKET,
-	UDP_DROP_REASONS,
-};
 
 /* Logs a reason at most once a second, with how many drops it stands for. */
 static void udp_warn_limited(struct udp_forward *forward, enum udp_drop_reason reason,
@@ -575,14 +575,6 @@ struct udp_relay *udp_relay_open(struct relay_ctx *ctx)
 unsigned udp_relay_socket_count(const struct udp_relay *udp)
 {
 	return udp->socket_count;
-}
-
-unsigned udp_relay_flow_count(const struct udp_relay *udp)
-{
-	unsigned flows = 0;
-	for (unsigned i = 0; i < udp->forward_count; i++)
-		flows += flow_table_count(&udp->forwards[i].flows);
-	return flows;
 }
 
 void udp_relay_free(struct udp_relay *udp)

@@ -132,11 +132,6 @@ struct worker_pool *worker_pool_open(const struct config *cfg, unsigned count,
 	return pool;
 }
 
-unsigned worker_pool_size(const struct worker_pool *pool)
-{
-	return pool->count;
-}
-
 struct event_base *worker_pool_main_base(struct worker_pool *pool)
 {
 	return pool->workers[0].base;
@@ -202,7 +197,6 @@ void worker_pool_counters(const struct worker_pool *pool, struct relay_counters 
 	for (unsigned i = 0; i < pool->count; i++) {
 		const struct relay_counters *c = &pool->workers[i].ctx.counters;
 		sum->tcp_accepted += c->tcp_accepted;
-		sum->tcp_closed += c->tcp_closed;
 		sum->tcp_connect_failed += c->tcp_connect_failed;
 		sum->tcp_reset += c->tcp_reset;
 		sum->tcp_idle_closed += c->tcp_idle_closed;
@@ -221,23 +215,24 @@ void worker_pool_counters(const struct worker_pool *pool, struct relay_counters 
 	}
 }
 
-unsigned worker_pool_session_count(const struct worker_pool *pool)
+void worker_pool_close(struct worker_pool *pool)
 {
-	unsigned sessions = 0;
-	for (unsigned i = 0; i < pool->count; i++)
-		sessions += pool->workers[i].ctx.session_count;
-	return sessions;
+	worker_pool_stop(pool);
+	for (unsigned i = 0; i < pool->count; i++) {
+		struct worker *worker = &pool->workers[i];
+		if (worker->ctx_ready)
+			relay_ctx_close(&worker->ctx);
+		worker->ctx_ready = false;
+	}
 }
 
 void worker_pool_free(struct worker_pool *pool)
 {
 	if (pool == NULL)
 		return;
-	worker_pool_stop(pool);
+	worker_pool_close(pool);
 	for (unsigned i = 0; i < pool->count; i++) {
 		struct worker *worker = &pool->workers[i];
-		if (worker->ctx_ready)
-			relay_ctx_close(&worker->ctx);
 		if (worker->stop_event != NULL)
 			event_free(worker->stop_event);
 		if (worker->stop_pipe[0] >= 0) {

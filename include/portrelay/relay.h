@@ -29,7 +29,6 @@ TAILQ_HEAD(tcp_session_list, tcp_session);
 
 struct relay_counters {
 	uint64_t tcp_accepted;
-	uint64_t tcp_closed;
 	uint64_t tcp_connect_failed;   /* refused, unreachable, timed out */
 	uint64_t tcp_reset;            /* sessions ended by a reset or socket error */
 	uint64_t tcp_idle_closed;

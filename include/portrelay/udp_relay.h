@@ -30,8 +30,6 @@ struct udp_relay *udp_relay_open(struct relay_ctx *ctx);
 
 unsigned udp_relay_socket_count(const struct udp_relay *udp);
 
-/* Flows open now, all forwards together. */
-unsigned udp_relay_flow_count(const struct udp_relay *udp);
 
 /* Closes every socket and frees every flow. */
 void udp_relay_free(struct udp_relay *udp);

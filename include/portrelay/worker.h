@@ -21,8 +21,6 @@ struct worker_pool;
 struct worker_pool *worker_pool_open(const struct config *cfg, unsigned count,
 				     unsigned long fd_limit);
 
-unsigned worker_pool_size(const struct worker_pool *pool);
-
 /* Worker 0's event base: the main thread's, where signals are handled. */
 struct event_base *worker_pool_main_base(struct worker_pool *pool);
 
@@ -35,11 +33,11 @@ int worker_pool_run(struct worker_pool *pool);
 /* Asks every worker to stop; call on the main thread (from a signal event). */
 void worker_pool_stop(struct worker_pool *pool);
 
-/* Counters of all workers added up; read after the workers have stopped. */
+/* Counters of all workers added up; read after worker_pool_close. */
 void worker_pool_counters(const struct worker_pool *pool, struct relay_counters *sum);
 
-/* Sessions open now, all workers; read after the workers have stopped. */
-unsigned worker_pool_session_count(const struct worker_pool *pool);
+/* Stops the workers and closes every session, flow and socket (counted). */
+void worker_pool_close(struct worker_pool *pool);
 
 void worker_pool_free(struct worker_pool *pool);
 

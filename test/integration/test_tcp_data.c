@@ -231,6 +231,10 @@ static void test_half_close_delivers_full_reply(void **state)
 	if (!wait_for_log_line(&fx->relay, line, 5000 * hang_scale()))
 		fail_with_log(fx, "no 'tcp closed' line with 1000 bytes to internal and 4194304 to client");
 	fx_stop_relay_ok(fx);
+	const char *totals[] = { "stopped. tcp: 1 connections", "1000 bytes to internal",
+				 "4194304 bytes to client", NULL };
+	if (!relay_log_line_with(&fx->relay, totals))
+		fail_with_log(fx, "the last log lines do not total the session");
 }
 
 /* ---- 6. port range ------------------------------------------------------------------ */
