@@ -253,6 +253,7 @@ void config_defaults(struct config *cfg)
 	cfg->udp_max_flows = 65536;
 	cfg->tcp_splice = true;
 	cfg->workers = 0;
+	cfg->busy_poll_us = 0;
 }
 
 void config_free(struct config *cfg)

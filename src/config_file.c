@@ -166,6 +166,20 @@ static int config_file_workers(struct config *cfg, struct config_file *file,
 	return 0;
 }
 
+static int config_file_busy_poll(struct config *cfg, struct config_file *file,
+				 const config_setting_t *setting)
+{
+	long long value = config_setting_is_integer(setting) ?
+		config_setting_get_int64(setting) : -1;
+
+	if (value < 0 || value > CONFIG_BUSY_POLL_LIMIT_US)
+		return config_file_fail(file, setting,
+					"busy_poll must be an integer number of microseconds "
+					"from 0 (off) to %d", CONFIG_BUSY_POLL_LIMIT_US);
+	cfg->busy_poll_us = (unsigned)value;
+	return 0;
+}
+
 static int config_file_tcp(struct config *cfg, struct config_file *file,
 			   const config_setting_t *group)
 {
@@ -495,6 +509,7 @@ static const struct {
 	{ "wan_address", config_file_wan_address },
 	{ "log_level", config_file_log_level },
 	{ "workers", config_file_workers },
+	{ "busy_poll", config_file_busy_poll },
 	{ "tcp", config_file_tcp },
 	{ "udp", config_file_udp },
 	{ "forwards", config_file_forwards },

@@ -118,6 +118,7 @@ static void listener_on_accept(evutil_socket_t fd, short what, void *arg)
 	struct listener_set *set = listener->set;
 	(void)what;
 
+	relay_ctx_note_activity(set->ctx);
 	for (int i = 0; i < ACCEPTS_PER_WAKEUP && !set->paused; i++) {
 		struct net_addr client_addr = { .len = sizeof client_addr.ss };
 		int client_fd = accept4(fd, (struct sockaddr *)&client_addr.ss, &client_addr.len,

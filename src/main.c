@@ -297,10 +297,13 @@ static int run(const struct config *cfg, unsigned long fd_limit)
 
 	const struct relay_ctx *first = worker_pool_first(pool);
 	log_forwards(cfg);
-	log_info(NULL, "ready: %u tcp listeners and %u udp sockets for %zu forwards, %u worker%s%s",
+	char busy_poll[48] = "";
+	if (cfg->busy_poll_us > 0)
+		snprintf(busy_poll, sizeof busy_poll, ", busy poll %u us", cfg->busy_poll_us);
+	log_info(NULL, "ready: %u tcp listeners and %u udp sockets for %zu forwards, %u worker%s%s%s",
 		 listener_set_count(first->listeners), udp_relay_socket_count(first->udp),
 		 count_enabled(cfg), workers, workers == 1 ? "" : "s",
-		 cfg->tcp_splice ? ", splice on" : "");
+		 cfg->tcp_splice ? ", splice on" : "", busy_poll);
 	int status = worker_pool_run(pool) == 0 ? EXIT_OK : EXIT_CONFIG;
 
 	worker_pool_close(pool);

@@ -75,6 +75,55 @@ int relay_ctx_open(struct relay_ctx *ctx)
 	return ctx->udp != NULL ? 0 : -1;
 }
 
+static uint64_t relay_now_us(void)
+{
+	struct timespec now;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (uint64_t)now.tv_sec * 1000000 + (uint64_t)now.tv_nsec / 1000;
+}
+
+/*
+ * Busy polling trades CPU for latency: a thread asleep in epoll_wait() is
+ * woken by an inter-processor interrupt, which on a virtual machine costs
+ * tens of microseconds per wake-up, several times per relayed round trip.
+ * While traffic keeps coming, polling without a timeout skips those
+ * wake-ups. Once the sockets have been quiet for busy_poll_us the loop
+ * blocks again, so an idle relay costs no CPU.
+ */
+static bool relay_ctx_poll_busily(struct relay_ctx *ctx, uint64_t budget_us)
+{
+	uint64_t seen = ctx->activity;
+	uint64_t deadline = relay_now_us() + budget_us;
+	do {
+		event_base_loop(ctx->base, EVLOOP_NONBLOCK);
+		if (event_base_got_break(ctx->base) || event_base_got_exit(ctx->base))
+			return false;
+		if (ctx->activity != seen) {
+			seen = ctx->activity;
+			deadline = relay_now_us() + budget_us;
+		}
+	} while (relay_now_us() < deadline);
+	return true;
+}
+
+void relay_ctx_run(struct relay_ctx *ctx)
+{
+	uint64_t budget_us = ctx->config->busy_poll_us;
+	if (budget_us == 0) {
+		event_base_dispatch(ctx->base);
+		return;
+	}
+	for (;;) {
+		/* Sleep until something happens, then poll while it goes on. */
+		if (event_base_loop(ctx->base, EVLOOP_ONCE) != 0)
+			return;   /* an error, or nothing left to wait for */
+		if (event_base_got_break(ctx->base) || event_base_got_exit(ctx->base))
+			return;
+		if (!relay_ctx_poll_busily(ctx, budget_us))
+			return;
+	}
+}
+
 void relay_ctx_close(struct relay_ctx *ctx)
 {
 	listener_set_free(ctx->listeners);

@@ -303,6 +303,7 @@ static void session_on_socket(evutil_socket_t fd, short what, void *arg)
 {
 	struct tcp_session *session = arg;
 
+	relay_ctx_note_activity(session->ctx);
 	if (session->state == SESSION_CONNECTING) {
 		session_connected(session);
 		return;

@@ -320,6 +320,7 @@ static void udp_on_flow_sockets(evutil_socket_t fd, short what, void *arg)
 	struct udp_reply_batch replies = { 0 };
 	(void)what;
 
+	relay_ctx_note_activity(udp->ctx);
 	int count = epoll_wait(fd, ready, UDP_FLOWS_PER_WAKEUP, 0);
 	for (int i = 0; i < count; i++) {
 		if (replies.received == UDP_BATCH)
@@ -452,6 +453,7 @@ static void udp_port_on_readable(evutil_socket_t fd, short what, void *arg)
 	struct udp_batch *batch = &forward->relay->batch;
 	(void)what;
 
+	relay_ctx_note_activity(forward->ctx);
 	for (int round = 0; round < UDP_BATCHES_PER_WAKEUP; round++) {
 		int received = udp_batch_receive(batch, 0, fd, port->wildcard);
 		if (received < 0) {

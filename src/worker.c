@@ -145,7 +145,7 @@ const struct relay_ctx *worker_pool_first(const struct worker_pool *pool)
 static void *worker_thread(void *arg)
 {
 	struct worker *worker = arg;
-	event_base_dispatch(worker->base);
+	relay_ctx_run(&worker->ctx);
 	return NULL;
 }
 
@@ -171,7 +171,7 @@ int worker_pool_run(struct worker_pool *pool)
 	}
 	pthread_sigmask(SIG_SETMASK, &previous, NULL);
 
-	event_base_dispatch(pool->workers[0].base);
+	relay_ctx_run(&pool->workers[0].ctx);
 	worker_pool_stop(pool);
 	return 0;
 }

@@ -36,6 +36,7 @@ enum forward_proto {
 #define CONFIG_HOST_MAX 256
 #define CONFIG_ORIGIN_MAX 512
 #define CONFIG_WORKERS_LIMIT 256
+#define CONFIG_BUSY_POLL_LIMIT_US 10000
 
 struct forward {
 	char name[CONFIG_NAME_MAX];        /* from the file, or "tcp:8080" style for -L */
@@ -63,6 +64,7 @@ struct config {
 	double tcp_idle_timeout;            /* seconds, 0 = never (default) */
 	bool tcp_splice;                    /* zero-copy relaying, default true */
 	unsigned workers;                   /* event-loop threads; 0 = one per CPU */
+	unsigned busy_poll_us;              /* keep polling this long after traffic; 0 = off */
 	double udp_idle_timeout;            /* seconds, default 60 */
 	unsigned udp_max_flows;             /* per forward, default 65536 */
 

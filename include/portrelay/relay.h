@@ -81,6 +81,11 @@ struct relay_ctx {
 	struct tcp_session_list sessions;
 	unsigned session_count;
 	struct relay_counters counters;
+	/*
+	 * Bumped by every socket callback; relay_ctx_run's busy polling goes on
+	 * while it keeps changing.
+	 */
+	uint64_t activity;
 	/* Timeouts converted once from the configuration. */
 	struct timeval tcp_connect_timeout;
 	struct timeval tcp_idle_timeout;   /* zero: no idle timeout */
@@ -99,6 +104,19 @@ int relay_ctx_init(struct relay_ctx *ctx, struct event_base *base, const struct 
  * forward, address:port and reason, and returns -1 (nothing stays open).
  */
 int relay_ctx_open(struct relay_ctx *ctx);
+
+/*
+ * Runs ctx's event loop until event_base_loopbreak(). With busy_poll set, the
+ * loop keeps polling without sleeping for that many microseconds after the
+ * last socket event before it blocks again.
+ */
+void relay_ctx_run(struct relay_ctx *ctx);
+
+/* Socket callbacks call this: there was traffic, keep busy polling. */
+static inline void relay_ctx_note_activity(struct relay_ctx *ctx)
+{
+	ctx->activity++;
+}
 
 /* Closes listeners and every session, frees what ctx owns. */
 void relay_ctx_close(struct relay_ctx *ctx);

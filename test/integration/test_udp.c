@@ -820,9 +820,13 @@ static void test_ipv6_clients_and_largest_datagram(void **state)
 
 /* ---- (f) "both" on one port -------------------------------------------------------------------- */
 
-static void test_both_serves_tcp_and_udp_on_one_port(void **state)
+/*
+ * A TCP and a UDP echo server on one internal port, a "both" forward to them
+ * (after the global settings in globals), and traffic both ways: UDP, TCP,
+ * then UDP again on the same flow.
+ */
+static void both_echo_through_relay(struct fx *fx, const char *globals)
 {
-	struct fx *fx = *state;
 	/* A TCP echo server and a UDP echo server on the same internal port. */
 	struct userver *usrv = NULL;
 	int lfd = -1;
@@ -838,9 +842,12 @@ static void test_both_serves_tcp_and_udp_on_one_port(void **state)
 		fail_msg("no port free for both a UDP and a TCP echo server");
 	fx_server(fx, lfd, TSERVER_ECHO, NULL);
 
-	char *t = udp_forward_tmpl("", "both", "127.0.0.1", "127.0.0.1", usrv->port);
+	char *forwards = udp_forward_tmpl("", "both", "127.0.0.1", "127.0.0.1", usrv->port);
+	char *t = NULL;
+	assert_true(asprintf(&t, "%s%s", globals, forwards) > 0);
 	uint16_t port = fx_start_relay(fx, 1, PORTS_V4, t);
 	free(t);
+	free(forwards);
 
 	int ufd = uclient(AF_INET, "127.0.0.1", port);
 	roundtrip_ok(fx, ufd, 1, 0, 1000);
@@ -861,6 +868,33 @@ static void test_both_serves_tcp_and_udp_on_one_port(void **state)
 	/* UDP still works after TCP, on the same flow. */
 	roundtrip_ok(fx, ufd, 1, 1, 1000);
 	assert_int_equal(userver_distinct(usrv), 1);
+}
+
+static void test_both_serves_tcp_and_udp_on_one_port(void **state)
+{
+	struct fx *fx = *state;
+	both_echo_through_relay(fx, "");
+	fx_stop_relay_ok(fx);
+}
+
+/*
+ * busy_poll keeps the loops polling only while traffic flows: the bytes still
+ * arrive intact both ways, and a second after the last datagram the relay is
+ * asleep again (a loop that never blocked would burn the whole second).
+ */
+static void test_busy_poll_relays_and_sleeps_when_idle(void **state)
+{
+	struct fx *fx = *state;
+	both_echo_through_relay(fx, "workers = 2;\nbusy_poll = 2000;\n");
+	if (!relay_log_contains(&fx->relay, "busy poll 2000 us"))
+		fail_with_log(fx, "the ready line does not mention busy polling");
+
+	double before = relay_cpu_seconds(&fx->relay);
+	sleep_ms(1000);
+	double used = relay_cpu_seconds(&fx->relay) - before;
+	print_message("relay CPU in 1 s of idleness with busy_poll = 2000 us: %.3f s\n", used);
+	if (before < 0 || used > 0.25)
+		fail_with_log(fx, "an idle relay used %.3f s of CPU in 1 s with busy_poll on", used);
 	fx_stop_relay_ok(fx);
 }
 
@@ -1217,6 +1251,7 @@ int main(void)
 		UDP_TEST(test_max_flows_drops_new_clients_until_flows_expire),
 		UDP_TEST(test_ipv6_clients_and_largest_datagram),
 		UDP_TEST(test_both_serves_tcp_and_udp_on_one_port),
+		UDP_TEST(test_busy_poll_relays_and_sleeps_when_idle),
 		UDP_TEST(test_refused_internal_port_does_not_spin),
 		UDP_TEST(test_wildcard_replies_from_the_address_sent_to),
 		UDP_TEST(test_dual_stack_wildcard_replies_from_the_address_sent_to),

@@ -294,21 +294,26 @@ static void test_udp_idle_timeout_per_forward_overrides_the_global(void **state)
 	assert_true(env->cfg.forwards[1].udp_idle_timeout == 30.0);
 }
 
-static void test_workers_and_splice_are_read_and_checked(void **state)
+static void test_workers_splice_and_busy_poll_are_read_and_checked(void **state)
 {
 	struct env *env = *state;
 
 	assert_int_equal(env->cfg.workers, 0);
 	assert_true(env->cfg.tcp_splice);
-	assert_int_equal(load(env, "workers = 3;\ntcp = { splice = false; };\n"), 0);
+	assert_int_equal(env->cfg.busy_poll_us, 0);
+	assert_int_equal(load(env, "workers = 3;\nbusy_poll = 50;\ntcp = { splice = false; };\n"), 0);
 	assert_int_equal(env->cfg.workers, 3);
 	assert_false(env->cfg.tcp_splice);
+	assert_int_equal(env->cfg.busy_poll_us, 50);
 
 	static const struct error_case cases[] = {
 		{ "workers = -1;\n", 1, "workers must be an integer from 0 (one per CPU) to 256" },
 		{ "workers = 1.5;\n", 1, "workers must be an integer" },
 		{ "workers = 257;\n", 1, "workers must be an integer" },
 		{ "tcp = {\n  splice = 1;\n};\n", 2, "tcp.splice must be true or false" },
+		{ "busy_poll = -1;\n", 1, "busy_poll must be an integer number of microseconds from 0 (off) to 10000" },
+		{ "\nbusy_poll = 0.5;\n", 2, "busy_poll must be an integer" },
+		{ "busy_poll = 10001;\n", 1, "busy_poll must be an integer" },
 	};
 	check_load_errors(*state, CASES(cases));
 }
@@ -928,7 +933,7 @@ int main(void)
 		TEST(test_finished_full_file_describes_each_forward),
 		TEST(test_omitted_fields_take_defaults),
 		TEST(test_udp_idle_timeout_per_forward_overrides_the_global),
-		TEST(test_workers_and_splice_are_read_and_checked),
+		TEST(test_workers_splice_and_busy_poll_are_read_and_checked),
 		TEST(test_empty_file_and_empty_lists_have_no_forwards),
 		TEST(test_host_name_is_resolved_and_shown),
 		TEST(test_unknown_fields_are_rejected_at_every_level),
