@@ -114,12 +114,16 @@ void relay_ctx_run(struct relay_ctx *ctx)
 		return;
 	}
 	for (;;) {
-		/* Sleep until something happens, then poll while it goes on. */
+		/*
+		 * Sleep until something happens, then poll while traffic goes on.
+		 * A wake-up for a timer or a signal alone goes back to sleep.
+		 */
+		uint64_t before = ctx->activity;
 		if (event_base_loop(ctx->base, EVLOOP_ONCE) != 0)
 			return;   /* an error, or nothing left to wait for */
 		if (event_base_got_break(ctx->base) || event_base_got_exit(ctx->base))
 			return;
-		if (!relay_ctx_poll_busily(ctx, budget_us))
+		if (ctx->activity != before && !relay_ctx_poll_busily(ctx, budget_us))
 			return;
 	}
 }

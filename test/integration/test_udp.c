@@ -12,6 +12,7 @@
 #include "harness.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -823,9 +824,9 @@ static void test_ipv6_clients_and_largest_datagram(void **state)
 /*
  * A TCP and a UDP echo server on one internal port, a "both" forward to them
  * (after the global settings in globals), and traffic both ways: UDP, TCP,
- * then UDP again on the same flow.
+ * then UDP again on the same flow. Returns the UDP client's socket.
  */
-static void both_echo_through_relay(struct fx *fx, const char *globals)
+static int both_echo_through_relay(struct fx *fx, const char *globals)
 {
 	/* A TCP echo server and a UDP echo server on the same internal port. */
 	struct userver *usrv = NULL;
@@ -868,33 +869,82 @@ static void both_echo_through_relay(struct fx *fx, const char *globals)
 	/* UDP still works after TCP, on the same flow. */
 	roundtrip_ok(fx, ufd, 1, 1, 1000);
 	assert_int_equal(userver_distinct(usrv), 1);
+	return ufd;
 }
 
 static void test_both_serves_tcp_and_udp_on_one_port(void **state)
 {
 	struct fx *fx = *state;
-	both_echo_through_relay(fx, "");
+	(void)both_echo_through_relay(fx, "");
 	fx_stop_relay_ok(fx);
 }
 
 /*
+ * How often the relay's threads went to sleep (blocked) so far, from
+ * /proc/PID/task/TID/status; preemption is counted apart and not here.
+ */
+static long relay_voluntary_switches(struct relay *r)
+{
+	char path[64];
+	snprintf(path, sizeof path, "/proc/%d/task", (int)r->pid);
+	DIR *tasks = opendir(path);
+	if (tasks == NULL)
+		return -1;
+	long total = 0;
+	struct dirent *entry;
+	while ((entry = readdir(tasks)) != NULL) {
+		if (entry->d_name[0] == '.')
+			continue;
+		char status_path[sizeof path + sizeof entry->d_name + 8], line[256];
+		snprintf(status_path, sizeof status_path, "%s/%s/status", path, entry->d_name);
+		FILE *status = fopen(status_path, "r");
+		if (status == NULL)
+			continue;   /* the thread just ended */
+		while (fgets(line, sizeof line, status) != NULL) {
+			long count;
+			if (sscanf(line, "voluntary_ctxt_switches: %ld", &count) == 1)
+				total += count;
+		}
+		fclose(status);
+	}
+	closedir(tasks);
+	return total;
+}
+
+/*
  * busy_poll keeps the loops polling only while traffic flows: the bytes still
- * arrive intact both ways, and a second after the last datagram the relay is
- * asleep again (a loop that never blocked would burn the whole second).
+ * arrive intact both ways; a second after the last datagram the relay is
+ * asleep (a loop that never blocked would burn the whole second); during a
+ * stream of round trips it keeps polling instead of going to sleep between
+ * them (without busy polling it sleeps at least once per round trip); and it
+ * stops cleanly right after traffic, while it is still polling.
  */
 static void test_busy_poll_relays_and_sleeps_when_idle(void **state)
 {
 	struct fx *fx = *state;
-	both_echo_through_relay(fx, "workers = 2;\nbusy_poll = 2000;\n");
+	int ufd = both_echo_through_relay(fx, "workers = 2;\nbusy_poll = 2000;\n");
 	if (!relay_log_contains(&fx->relay, "busy poll 2000 us"))
 		fail_with_log(fx, "the ready line does not mention busy polling");
 
 	double before = relay_cpu_seconds(&fx->relay);
 	sleep_ms(1000);
-	double used = relay_cpu_seconds(&fx->relay) - before;
-	print_message("relay CPU in 1 s of idleness with busy_poll = 2000 us: %.3f s\n", used);
-	if (before < 0 || used > 0.25)
-		fail_with_log(fx, "an idle relay used %.3f s of CPU in 1 s with busy_poll on", used);
+	double idle = relay_cpu_seconds(&fx->relay) - before;
+	print_message("relay CPU in 1 s of idleness with busy_poll = 2000 us: %.3f s\n", idle);
+	if (before < 0 || idle > 0.25)
+		fail_with_log(fx, "an idle relay used %.3f s of CPU in 1 s with busy_poll on", idle);
+
+	long sleeps_before = relay_voluntary_switches(&fx->relay);
+	int64_t start = now_ms();
+	unsigned trips = 0;
+	while (now_ms() - start < 1000)
+		roundtrip_ok(fx, ufd, 1, 2 + trips++, 64);
+	long sleeps = relay_voluntary_switches(&fx->relay) - sleeps_before;
+	print_message("relay threads went to sleep %ld times during %u round trips\n", sleeps,
+		      trips);
+	/* Under valgrind, its scheduler makes the threads take turns. */
+	if (!under_valgrind() && (sleeps_before < 0 || sleeps * 4 > (long)trips))
+		fail_with_log(fx, "the relay went to sleep %ld times in %u round trips: "
+			      "it does not poll between them", sleeps, trips);
 	fx_stop_relay_ok(fx);
 }
 
