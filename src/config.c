@@ -501,6 +501,14 @@ static void config_describe_internal(const struct forward *fwd, char *buf, size_
 				     sizeof ports));
 }
 
+struct net_addr forward_internal_addr(const struct forward *fwd, uint16_t external_port)
+{
+	struct net_addr addr = fwd->internal_addr;
+	net_addr_set_port(&addr, (uint16_t)(fwd->internal_port_first +
+					    (external_port - fwd->external_port_first)));
+	return addr;
+}
+
 const char *forward_describe(const struct forward *fwd, char *buf, size_t buf_len)
 {
 	char external[CONFIG_HOST_MAX + CONFIG_PORT_TEXT_MAX + 4];

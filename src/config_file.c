@@ -360,10 +360,7 @@ static int config_forward_enabled(struct config_file *file, const config_setting
 				  struct forward *fwd, struct config_forward_fields *fields)
 {
 	(void)fields;
-	if (config_setting_type(setting) != CONFIG_TYPE_BOOL)
-		return config_file_fail(file, setting, "enabled must be true or false");
-	fwd->enabled = config_setting_get_bool(setting) != 0;
-	return 0;
+	return config_file_bool(file, setting, "enabled", &fwd->enabled);
 }
 
 static int config_forward_udp_idle_timeout(struct config_file *file,

@@ -123,25 +123,43 @@ const char *net_addr_format(const struct net_addr *addr, char *buf, size_t buf_l
 	return buf;
 }
 
+/* Closes fd on an error path, keeping the errno that describes the error. */
+static int net_close_failed(int fd)
+{
+	int saved = errno;
+	close(fd);
+	errno = saved;
+	return -1;
+}
+
+/*
+ * A non-blocking, close-on-exec socket for binding to addr. An IPv6 socket
+ * on "::" serves IPv4 too; on a specific IPv6 address, only that address.
+ */
+static int net_socket_for_bind(const struct net_addr *addr, int type)
+{
+	int fd = socket(addr->ss.ss_family, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd >= 0 && addr->ss.ss_family == AF_INET6) {
+		int v6only = net_addr_is_wildcard(addr) ? 0 : 1;
+		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof v6only);
+	}
+	return fd;
+}
+
 /* A plain bind (no SO_REUSEPORT) that fails if anything holds addr. */
 static int net_probe_free(const struct net_addr *addr, int type)
 {
-	int fd = socket(addr->ss.ss_family, type | SOCK_CLOEXEC, 0);
+	int fd = net_socket_for_bind(addr, type);
 	if (fd < 0)
 		return -1;
 	int on = 1;
 	/* TCP: ignore TIME_WAIT leftovers; UDP must not, it would share the port. */
 	if (type == SOCK_STREAM)
 		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
-	if (addr->ss.ss_family == AF_INET6) {
-		int v6only = net_addr_is_wildcard(addr) ? 0 : 1;
-		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof v6only);
-	}
-	int rc = bind(fd, (const struct sockaddr *)&addr->ss, addr->len);
-	int saved = errno;
+	if (bind(fd, (const struct sockaddr *)&addr->ss, addr->len) < 0)
+		return net_close_failed(fd);
 	close(fd);
-	errno = saved;
-	return rc;
+	return 0;
 }
 
 /* Applies the sharing mode before bind; -1 with errno set on failure. */
@@ -157,7 +175,7 @@ static int net_prepare_share(int fd, const struct net_addr *addr, int type, enum
 
 int net_listen_tcp(const struct net_addr *addr, int backlog, enum net_share share)
 {
-	int fd = socket(addr->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	int fd = net_socket_for_bind(addr, SOCK_STREAM);
 	if (fd < 0)
 		return -1;
 
@@ -166,24 +184,10 @@ int net_listen_tcp(const struct net_addr *addr, int backlog, enum net_share shar
 	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
 	/* Accepted sockets inherit it: no Nagle delay, without a call per client. */
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
-	if (net_prepare_share(fd, addr, SOCK_STREAM, share) < 0) {
-		int saved = errno;
-		close(fd);
-		errno = saved;
-		return -1;
-	}
-	if (addr->ss.ss_family == AF_INET6) {
-		/* "::" serves IPv4 too; a specific IPv6 address serves only itself. */
-		int v6only = net_addr_is_wildcard(addr) ? 0 : 1;
-		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof v6only);
-	}
-	if (bind(fd, (const struct sockaddr *)&addr->ss, addr->len) < 0 ||
-	    listen(fd, backlog) < 0) {
-		int saved = errno;
-		close(fd);
-		errno = saved;
-		return -1;
-	}
+	if (net_prepare_share(fd, addr, SOCK_STREAM, share) < 0 ||
+	    bind(fd, (const struct sockaddr *)&addr->ss, addr->len) < 0 ||
+	    listen(fd, backlog) < 0)
+		return net_close_failed(fd);
 	return fd;
 }
 
@@ -197,12 +201,8 @@ int net_connect_tcp(const struct net_addr *addr)
 	/* The relay forwards what it has at once; Nagle would only add delay. */
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
 	if (connect(fd, (const struct sockaddr *)&addr->ss, addr->len) < 0 &&
-	    errno != EINPROGRESS) {
-		int saved = errno;
-		close(fd);
-		errno = saved;
-		return -1;
-	}
+	    errno != EINPROGRESS)
+		return net_close_failed(fd);
 	return fd;
 }
 
@@ -224,16 +224,12 @@ void net_close_reset(int fd)
 
 int net_bind_udp(const struct net_addr *addr, enum net_share share)
 {
-	int fd = socket(addr->ss.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	int fd = net_socket_for_bind(addr, SOCK_DGRAM);
 	if (fd < 0)
 		return -1;
 
 	int on = 1;
 	bool wildcard = net_addr_is_wildcard(addr);
-	if (addr->ss.ss_family == AF_INET6) {
-		int v6only = wildcard ? 0 : 1;
-		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof v6only);
-	}
 	/*
 	 * On a wildcard bind a multi-homed host must answer from the address
 	 * the client sent to, or the client drops the reply. "::" also gets
@@ -242,7 +238,7 @@ int net_bind_udp(const struct net_addr *addr, enum net_share share)
 	if (wildcard && (setsockopt(fd, IPPROTO_IP, IP_PKTINFO, &on, sizeof on) < 0 ||
 			 (addr->ss.ss_family == AF_INET6 &&
 			  setsockopt(fd, IPPROTO_IPV6, IPV6_RECVPKTINFO, &on, sizeof on) < 0)))
-		goto fail;
+		return net_close_failed(fd);
 	/*
 	 * A burst from many clients lands in one socket; the default buffer
 	 * (about 208 KiB) overflows first. The kernel caps the request at
@@ -253,13 +249,8 @@ int net_bind_udp(const struct net_addr *addr, enum net_share share)
 	setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &buffer_size, sizeof buffer_size);
 	if (net_prepare_share(fd, addr, SOCK_DGRAM, share) < 0 ||
 	    bind(fd, (const struct sockaddr *)&addr->ss, addr->len) < 0)
-		goto fail;
+		return net_close_failed(fd);
 	return fd;
-fail:;
-	int saved = errno;
-	close(fd);
-	errno = saved;
-	return -1;
 }
 
 int net_connect_udp(const struct net_addr *addr)
@@ -267,11 +258,7 @@ int net_connect_udp(const struct net_addr *addr)
 	int fd = socket(addr->ss.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return -1;
-	if (connect(fd, (const struct sockaddr *)&addr->ss, addr->len) < 0) {
-		int saved = errno;
-		close(fd);
-		errno = saved;
-		return -1;
-	}
+	if (connect(fd, (const struct sockaddr *)&addr->ss, addr->len) < 0)
+		return net_close_failed(fd);
 	return fd;
 }

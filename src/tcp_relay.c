@@ -55,7 +55,7 @@ struct tcp_session {
 	struct event timer;               /* connect timeout, then idle timeout */
 	union net_sockaddr client_addr;
 	socklen_t client_addr_len;
-	uint16_t internal_port;
+	uint16_t external_port;       /* the forward's port it came in on */
 	uint64_t started_ms;              /* relay_now_ms() */
 	uint64_t last_active_ms;
 };
@@ -112,17 +112,10 @@ void tcp_session_free(struct tcp_session *session)
 	session_close(session, false, false);
 }
 
-static struct net_addr session_internal_addr(const struct tcp_session *session)
-{
-	struct net_addr addr = session->forward->internal_addr;
-	net_addr_set_port(&addr, session->internal_port);
-	return addr;
-}
-
 static const char *session_internal_text(const struct tcp_session *session, char *buf,
 					 size_t len)
 {
-	struct net_addr addr = session_internal_addr(session);
+	struct net_addr addr = forward_internal_addr(session->forward, session->external_port);
 	return net_addr_format(&addr, buf, len);
 }
 
@@ -381,9 +374,8 @@ void tcp_session_start(struct relay_ctx *ctx, const struct forward *fwd, uint16_
 		return;
 	}
 
-	session->internal_port = (uint16_t)(fwd->internal_port_first +
-					    (port - fwd->external_port_first));
-	struct net_addr internal_addr = session_internal_addr(session);
+	session->external_port = port;
+	struct net_addr internal_addr = forward_internal_addr(fwd, port);
 	session->internal.fd = net_connect_tcp(&internal_addr);
 	if (session->internal.fd < 0) {
 		int error = errno;

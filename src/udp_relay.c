@@ -121,10 +121,7 @@ static void udp_flow_free(struct udp_forward *forward, struct udp_flow *flow, co
 		char client[NET_ADDR_STRLEN], internal[NET_ADDR_STRLEN];
 		struct net_addr client_addr;
 		net_addr_set(&client_addr, &flow->client.sa, flow->client_len);
-		struct net_addr internal_addr = forward->fwd->internal_addr;
-		net_addr_set_port(&internal_addr,
-				  (uint16_t)(forward->fwd->internal_port_first +
-					     (flow->port->port - forward->fwd->external_port_first)));
+		struct net_addr internal_addr = forward_internal_addr(forward->fwd, flow->port->port);
 		log_debug(forward->fwd->name,
 			  "udp flow closed %s -> %s: %llu datagrams to internal, %llu datagrams "
 			  "to client, %.3f s, %s",
@@ -140,16 +137,21 @@ static void udp_flow_free(struct udp_forward *forward, struct udp_flow *flow, co
 	free(flow);
 }
 
-/* Logs a reason at most once a second, with how many drops it stands for. */
+/*
+ * Logs a reason at most once a second, with how many drops it stands for;
+ * error (an errno, 0 for none) is named after it. Nothing is formatted for
+ * the drops in between: under a flood this runs once per datagram.
+ */
 static void udp_warn_limited(struct udp_forward *forward, enum udp_drop_reason reason,
-			     const char *what)
+			     const char *what, int error)
 {
 	struct udp_drop_log *log = &forward->drop_log[reason];
 	uint64_t now = relay_now_ms();
 	log->since_warn++;
 	if (log->last_warn_ms != 0 && now - log->last_warn_ms < UDP_WARN_INTERVAL_MS)
 		return;
-	log_warn(forward->fwd->name, "%s: %llu datagrams from new clients dropped", what,
+	log_warn(forward->fwd->name, "%s%s%s%s: %llu datagrams from new clients dropped", what,
+		 error != 0 ? " (" : "", error != 0 ? strerror(error) : "", error != 0 ? ")" : "",
 		 (unsigned long long)log->since_warn);
 	log->last_warn_ms = now;
 	log->since_warn = 0;
@@ -268,7 +270,7 @@ static void udp_flow_take_replies(struct udp_relay *udp, struct udp_flow *flow,
 	/* The flows' sockets are read without control messages: the slots are free. */
 	socklen_t control_len = 0;
 	union udp_control *control = &batch->control[first];
-	if (flow->port->wildcard && flow->local.known)
+	if (flow->local.known)   /* learnt only on a wildcard port */
 		control_len = udp_reply_control(flow, control);
 	unsigned queued_before = replies->queued;
 	for (unsigned i = first; i < replies->received; i++) {
@@ -341,16 +343,14 @@ static struct udp_flow *udp_flow_open(struct udp_port *port, const struct flow_k
 	if (atomic_fetch_add(forward->flows_open, 1) >= forward->max_flows) {
 		atomic_fetch_sub(forward->flows_open, 1);
 		ctx->counters.udp_dropped_table_full++;
-		udp_warn_limited(forward, UDP_DROP_TABLE_FULL, "flow table full (udp.max_flows)");
+		udp_warn_limited(forward, UDP_DROP_TABLE_FULL, "flow table full (udp.max_flows)", 0);
 		return NULL;
 	}
 	struct udp_flow *flow = calloc(1, sizeof *flow);
 	if (flow == NULL)
 		goto fail;
 	flow->fd = -1;
-	struct net_addr internal = forward->fwd->internal_addr;
-	net_addr_set_port(&internal, (uint16_t)(forward->fwd->internal_port_first +
-						(port->port - forward->fwd->external_port_first)));
+	struct net_addr internal = forward_internal_addr(forward->fwd, port->port);
 	flow->fd = net_connect_udp(&internal);
 	struct epoll_event interest = { .events = EPOLLIN, .data.ptr = flow };
 	if (flow->fd < 0 ||
@@ -375,11 +375,10 @@ fail:;
 	 * Usually EMFILE, or EAGAIN when the local ports run out: every flow's
 	 * connected socket holds one of net.ipv4.ip_local_port_range.
 	 */
-	char what[128];
-	snprintf(what, sizeof what, "cannot open a flow socket (%s)", strerror(errno));
+	int error = errno;
 	atomic_fetch_sub(forward->flows_open, 1);
 	ctx->counters.udp_flow_failed++;
-	udp_warn_limited(forward, UDP_DROP_NO_SOCKET, what);
+	udp_warn_limited(forward, UDP_DROP_NO_SOCKET, "cannot open a flow socket", error);
 	if (flow != NULL) {
 		if (flow->fd >= 0)
 			close(flow->fd);

@@ -108,4 +108,7 @@ const char *forward_proto_name(enum forward_proto proto);
  */
 const char *forward_describe(const struct forward *fwd, char *buf, size_t buf_len);
 
+/* The internal address and port that external_port (within the range) maps to. */
+struct net_addr forward_internal_addr(const struct forward *fwd, uint16_t external_port);
+
 #endif
