@@ -46,6 +46,8 @@ fail() {
 	exit 1
 }
 skip() {
+	# CI installs every package and runs as root: a skip there hides a broken test.
+	[[ -z ${PORTRELAY_E2E_REQUIRED:-} ]] || fail "cannot run ($*), and PORTRELAY_E2E_REQUIRED is set"
 	log "SKIP: $*"
 	exit 77
 }
