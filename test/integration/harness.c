@@ -1444,26 +1444,6 @@ unsigned relay_log_count(struct relay *r, const char *substr)
 	return count;
 }
 
-bool wait_for_log(struct relay *r, const char *substr, int timeout_ms)
-{
-	int64_t deadline = now_ms() + timeout_ms;
-	bool found = false;
-	pthread_mutex_lock(&r->mu);
-	for (;;) {
-		if (strstr(r->log, substr)) {
-			found = true;
-			break;
-		}
-		if (r->pipes_closed || now_ms() >= deadline)
-			break;
-		struct timespec ts;
-		deadline_ts(&ts, deadline);
-		pthread_cond_timedwait(&r->cv, &r->mu, &ts);
-	}
-	pthread_mutex_unlock(&r->mu);
-	return found;
-}
-
 static bool log_line_with_locked(const char *log, const char *const *subs)
 {
 	const char *line = log;
@@ -1511,6 +1491,13 @@ bool wait_for_log_line(struct relay *r, const char *const *subs, int timeout_ms)
 	}
 	pthread_mutex_unlock(&r->mu);
 	return found;
+}
+
+/* A substring of one line (no caller looks for text spanning lines). */
+bool wait_for_log(struct relay *r, const char *substr, int timeout_ms)
+{
+	const char *subs[] = { substr, NULL };
+	return wait_for_log_line(r, subs, timeout_ms);
 }
 
 char *relay_log_copy(struct relay *r)

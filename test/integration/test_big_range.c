@@ -62,8 +62,9 @@ static void test_10000_port_range_ready_and_maps_both_ends(void **state)
 	int64_t startup = now_ms() - fx->relay.spawned_ms;
 	fprintf(stderr, "big range: %u listeners ready %lld ms after spawn (%d fds open)\n", WIDTH,
 		(long long)startup, relay_fd_count(&fx->relay));
-	if (startup >= 10000 * hang_scale())
-		fail_with_log(fx, "start-up took %lld ms", (long long)startup);
+	/* About 40 ms here; the bound leaves room for sanitizers and a busy machine. */
+	if (startup >= 2000 * hang_scale())
+		fail_with_log(fx, "start-up took %lld ms (limit 2000)", (long long)startup);
 
 	expect_greeting(fx, base, "first\n");
 	expect_greeting(fx, (uint16_t)(base + WIDTH - 1), "last\n");

@@ -743,6 +743,52 @@ static void test_active_flow_does_not_expire(void **state)
 	fx_stop_relay_ok(fx);
 }
 
+/*
+ * Datagrams towards the internal host alone keep a flow alive: the internal
+ * side here never answers, and the client sends every 0.8 s for 3.2 s with
+ * idle_timeout = 2 s. Each datagram arrives, all from the same flow port.
+ */
+static void test_one_way_flow_does_not_expire(void **state)
+{
+	struct fx *fx = *state;
+	int sink = uclient(AF_INET, NULL, 0);
+	struct sockaddr_storage ss;
+	socklen_t sl = addr_make(AF_INET, "127.0.0.1", 0, &ss);
+	assert_int_equal(bind(sink, (struct sockaddr *)&ss, sl), 0);
+	sl = sizeof ss;
+	assert_int_equal(getsockname(sink, (struct sockaddr *)&ss, &sl), 0);
+	char *t = udp_forward_tmpl("idle_timeout = 2.0;", "udp", "127.0.0.1", "127.0.0.1",
+				   addr_port(&ss));
+	uint16_t port = fx_start_relay(fx, 1, PORTS_V4, t);
+	free(t);
+	int fd = uclient(AF_INET, "127.0.0.1", port);
+	char who[64];
+	local_text(fd, who, sizeof who);
+	const char *closed[] = { "udp flow closed", who, NULL };
+
+	uint16_t flow_port = 0;
+	int64_t t0 = now_ms();
+	for (int i = 0; i < 5; i++) {
+		int64_t due = t0 + 800 * (int64_t)i;
+		if (now_ms() < due)
+			sleep_ms((int)(due - now_ms()));
+		char out = (char)i, in;
+		assert_int_equal(send(fd, &out, 1, 0), 1);
+		struct sockaddr_storage from;
+		if (urecv(sink, &in, 1, 2000 * hang_scale(), &from) != 1 || in != out)
+			fail_with_log(fx, "datagram %d did not reach the internal side", i);
+		if (flow_port == 0)
+			flow_port = addr_port(&from);
+		else if (addr_port(&from) != flow_port)
+			fail_with_log(fx, "datagram %d came from port %u, the flow's was %u: the flow "
+				      "expired although the client sent every 0.8 s", i,
+				      addr_port(&from), flow_port);
+	}
+	if (relay_log_line_with(&fx->relay, closed))
+		fail_with_log(fx, "the flow of %s was closed although it sent every 0.8 s", who);
+	fx_stop_relay_ok(fx);
+}
+
 /* ---- (d) max_flows --------------------------------------------------------------------------- */
 
 static void test_max_flows_drops_new_clients_until_flows_expire(void **state)
@@ -1298,6 +1344,7 @@ int main(void)
 		UDP_TEST(test_empty_datagram_round_trips),
 		UDP_TEST(test_idle_flow_expires_and_comes_back_on_a_new_port),
 		UDP_TEST(test_active_flow_does_not_expire),
+		UDP_TEST(test_one_way_flow_does_not_expire),
 		UDP_TEST(test_max_flows_drops_new_clients_until_flows_expire),
 		UDP_TEST(test_ipv6_clients_and_largest_datagram),
 		UDP_TEST(test_both_serves_tcp_and_udp_on_one_port),

@@ -11,6 +11,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -158,7 +159,19 @@ static void test_exhausted_pool_falls_back_to_the_buffer(void **state)
 	pump_pool_destroy(&empty_pool);
 }
 
-/* A destination that does not read: the pump stops with a bounded backlog. */
+/* Bytes waiting to be read on fd. */
+static int readable_bytes(int fd)
+{
+	int queued = -1;
+	assert_int_equal(ioctl(fd, FIONREAD, &queued), 0);
+	return queued;
+}
+
+/*
+ * A destination that does not read: the pump stops with a bounded backlog,
+ * and once stopped it reads nothing more from the source, however often it
+ * runs (the relay's memory cannot grow with what the sender offers).
+ */
 static void fill_until_blocked(struct rig *rig, struct pump *pump, size_t *pending_max)
 {
 	static unsigned char chunk[65536];
@@ -174,6 +187,14 @@ static void fill_until_blocked(struct rig *rig, struct pump *pump, size_t *pendi
 			*pending_max = pump_pending(pump);
 	}
 	assert_int_equal(status, PUMP_WANT_WRITE);
+
+	int waiting = readable_bytes(rig->source[1]);
+	size_t pending = pump_pending(pump);
+	assert_true(waiting > 0);
+	for (int again = 0; again < 10; again++)
+		assert_int_equal(pump_run(pump, rig->source[1], rig->dest[0]), PUMP_WANT_WRITE);
+	assert_int_equal(readable_bytes(rig->source[1]), waiting);
+	assert_int_equal(pump_pending(pump), pending);
 }
 
 static void test_full_destination_stops_the_buffered_pump_within_its_bound(void **state)
