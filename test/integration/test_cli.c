@@ -266,6 +266,33 @@ static void test_unknown_option_exits_2(void **state)
 		fail_with_log(fx, "an unknown option gave exit status %d, expected 2", code);
 }
 
+/* -V and -h print to stdout and exit 0, whatever else is on the line. */
+static void expect_info_option(struct fx *fx, const char *option, const char *expected)
+{
+	fx_require_relay();
+	if (fx->relay_inited)
+		relay_destroy(&fx->relay);
+	relay_init(&fx->relay);
+	fx->relay_inited = true;
+	const char *args[] = { option, "-L", "tcp:1:127.0.0.1:1", NULL };
+	assert_int_equal(relay_spawn(&fx->relay, args), 0);
+	int code = wait_exit_or_fail(fx, 10000 * hang_scale());
+	relay_wait_output_closed(&fx->relay, 5000 * hang_scale());
+	char *out = relay_out_copy(&fx->relay);
+	bool found = strstr(out, expected) != NULL;
+	free(out);
+	if (code != 0 || !found)
+		fail_with_log(fx, "%s exited %d; stdout %s \"%s\"", option, code,
+			      found ? "has" : "lacks", expected);
+}
+
+static void test_version_and_help_exit_0(void **state)
+{
+	struct fx *fx = *state;
+	expect_info_option(fx, "-V", "portrelay " PORTRELAY_VERSION);
+	expect_info_option(fx, "--help", "--forward SPEC");
+}
+
 /* ---- -L specs without a config file ---------------------------------------------------- */
 
 static void test_forward_specs_relay_without_config_file(void **state)
@@ -352,6 +379,33 @@ static void run_signal_with_open_connections(struct fx *fx, int sig)
 	}
 }
 
+/* SIGHUP is logged and ignored: connections carry on, new ones are accepted. */
+static void test_sighup_is_logged_and_ignored(void **state)
+{
+	struct fx *fx = *state;
+	struct tserver *echo = fx_echo_server(fx, AF_INET);
+	char spec[96];
+	snprintf(spec, sizeof spec, "tcp:127.0.0.1:@P0@:127.0.0.1:%u", tserver_port(echo));
+	const char *extra[] = { "-L", spec, NULL };
+	uint16_t port = fx_start_relay_args(fx, 1, PORTS_V4, NULL, extra);
+
+	int before = sock_connect(AF_INET, port, 10000 * hang_scale());
+	if (before < 0 || echo_roundtrip(before, 10000 * hang_scale()) != 0)
+		fail_with_log(fx, "echo before SIGHUP: %s", strerror(errno));
+	kill(fx->relay.pid, SIGHUP);
+	if (!wait_for_log(&fx->relay, "SIGHUP", 5000 * hang_scale()))
+		fail_with_log(fx, "no log line about SIGHUP");
+	if (relay_wait_exit(&fx->relay, 200) >= 0)
+		fail_with_log(fx, "the relay exited on SIGHUP");
+	int after = sock_connect(AF_INET, port, 10000 * hang_scale());
+	if (echo_roundtrip(before, 10000 * hang_scale()) != 0 || after < 0 ||
+	    echo_roundtrip(after, 10000 * hang_scale()) != 0)
+		fail_with_log(fx, "echo after SIGHUP: %s", strerror(errno));
+	close(before);
+	close(after);
+	fx_stop_relay_ok(fx);
+}
+
 static void test_sigterm_with_open_connections_exits_0(void **state)
 {
 	run_signal_with_open_connections(*state, SIGTERM);
@@ -371,7 +425,9 @@ int main(void)
 		FX_TEST(test_second_relay_on_the_same_ports_exits_1),
 		FX_TEST(test_start_up_raises_the_open_files_limit),
 		FX_TEST(test_unknown_option_exits_2),
+		FX_TEST(test_version_and_help_exit_0),
 		FX_TEST(test_forward_specs_relay_without_config_file),
+		FX_TEST(test_sighup_is_logged_and_ignored),
 		FX_TEST(test_sigterm_with_open_connections_exits_0),
 		FX_TEST(test_sigint_with_open_connections_exits_0),
 	};

@@ -796,7 +796,16 @@ static void test_max_flows_drops_new_clients_until_flows_expire(void **state)
 	struct fx *fx = *state;
 	enum { MAX = 10 };
 	struct userver *srv = userver_start(AF_INET);
-	uint16_t port = start_udp_relay(fx, AF_INET, "idle_timeout = 1.0; max_flows = 10;", srv);
+	/* Two workers, whatever the machine: the limit holds for the process. */
+	char *forwards = udp_forward_tmpl("idle_timeout = 1.0; max_flows = 10;", "udp",
+					  "127.0.0.1", "127.0.0.1", srv->port);
+	char *t = NULL;
+	assert_true(asprintf(&t, "workers = 2;\n%s", forwards) > 0);
+	free(forwards);
+	uint16_t port = fx_start_relay(fx, 1, PORTS_V4, t);
+	free(t);
+	if (!relay_log_contains(&fx->relay, "2 workers"))
+		fail_with_log(fx, "the relay did not run 2 workers");
 
 	int fds[MAX];
 	for (uint32_t c = 0; c < MAX; c++) {
@@ -1062,7 +1071,15 @@ static void test_refused_internal_port_does_not_spin(void **state)
 	int live2 = uclient(AF_INET, "127.0.0.1", (uint16_t)(base + 1));
 	roundtrip_ok(fx, live2, 2, 0, 64);
 	assert_int_equal(userver_distinct(srv), 2);
+	/* The refusals neither close the dead forward's flows nor go uncounted. */
+	const char *dead_closed[] = { "udp flow closed", "[dead]", NULL };
+	if (relay_log_line_with(&fx->relay, dead_closed))
+		fail_with_log(fx, "an ICMP port unreachable closed a flow of the dead forward");
 	fx_stop_relay_ok(fx);
+	const char *counted[] = { "stopped. udp", " port unreachable", NULL };
+	if (!relay_log_line_with(&fx->relay, counted) ||
+	    relay_log_contains(&fx->relay, " 0 port unreachable"))
+		fail_with_log(fx, "the closing line does not count the port-unreachable errors");
 }
 
 /* ---- (h) wildcard binds reply from the address the client sent to ---------------------------- */
