@@ -152,13 +152,21 @@ static int config_file_bool(struct config_file *file, const config_setting_t *se
 	return 0;
 }
 
+/* Whether setting is an integer from min to max; then *value holds it. */
+static bool config_file_integer_in(const config_setting_t *setting, long long min,
+				   long long max, long long *value)
+{
+	if (!config_setting_is_integer(setting))
+		return false;
+	*value = config_setting_get_int64(setting);
+	return *value >= min && *value <= max;
+}
+
 static int config_file_workers(struct config *cfg, struct config_file *file,
 			       const config_setting_t *setting)
 {
-	long long value = config_setting_is_integer(setting) ?
-		config_setting_get_int64(setting) : -1;
-
-	if (value < 0 || value > CONFIG_WORKERS_LIMIT)
+	long long value;
+	if (!config_file_integer_in(setting, 0, CONFIG_WORKERS_LIMIT, &value))
 		return config_file_fail(file, setting,
 					"workers must be an integer from 0 (one per CPU) to %d",
 					CONFIG_WORKERS_LIMIT);
@@ -169,10 +177,8 @@ static int config_file_workers(struct config *cfg, struct config_file *file,
 static int config_file_busy_poll(struct config *cfg, struct config_file *file,
 				 const config_setting_t *setting)
 {
-	long long value = config_setting_is_integer(setting) ?
-		config_setting_get_int64(setting) : -1;
-
-	if (value < 0 || value > CONFIG_BUSY_POLL_LIMIT_US)
+	long long value;
+	if (!config_file_integer_in(setting, 0, CONFIG_BUSY_POLL_LIMIT_US, &value))
 		return config_file_fail(file, setting,
 					"busy_poll must be an integer number of microseconds "
 					"from 0 (off) to %d", CONFIG_BUSY_POLL_LIMIT_US);
@@ -209,10 +215,8 @@ static int config_file_tcp(struct config *cfg, struct config_file *file,
 static int config_file_max_flows(struct config *cfg, struct config_file *file,
 				 const config_setting_t *setting)
 {
-	long long value = config_setting_is_integer(setting) ?
-		config_setting_get_int64(setting) : 0;
-
-	if (value < 1 || value > CONFIG_MAX_FLOWS_LIMIT)
+	long long value;
+	if (!config_file_integer_in(setting, 1, CONFIG_MAX_FLOWS_LIMIT, &value))
 		return config_file_fail(file, setting,
 					"udp.max_flows must be an integer from 1 to %lld",
 					CONFIG_MAX_FLOWS_LIMIT);

@@ -142,12 +142,18 @@ static size_t count_enabled(const struct config *cfg)
 	return enabled;
 }
 
-static void print_forwards(const struct config *cfg)
+/* One line per enabled forward: on stdout for --check, else in the log. */
+static void show_forwards(const struct config *cfg, bool to_log)
 {
 	for (size_t i = 0; i < cfg->forward_count; i++) {
 		char line[1024];
-		if (cfg->forwards[i].enabled)
-			printf("%s\n", forward_describe(&cfg->forwards[i], line, sizeof line));
+		if (!cfg->forwards[i].enabled)
+			continue;
+		forward_describe(&cfg->forwards[i], line, sizeof line);
+		if (to_log)
+			log_info(NULL, "forward %s", line);
+		else
+			printf("%s\n", line);
 	}
 }
 
@@ -247,16 +253,6 @@ static void on_hangup_signal(evutil_socket_t signum, short what, void *arg)
 	log_warn(NULL, "SIGHUP: reloading the configuration is not supported; ignored");
 }
 
-static void log_forwards(const struct config *cfg)
-{
-	for (size_t i = 0; i < cfg->forward_count; i++) {
-		char line[1024];
-		if (cfg->forwards[i].enabled)
-			log_info(NULL, "forward %s",
-				 forward_describe(&cfg->forwards[i], line, sizeof line));
-	}
-}
-
 /* What happened while running, for the last lines of the log. */
 static void log_totals(const struct relay_counters *c)
 {
@@ -296,7 +292,7 @@ static int run(const struct config *cfg, unsigned long fd_limit)
 	evsignal_add(sighup, NULL);
 
 	const struct relay_ctx *first = worker_pool_first(pool);
-	log_forwards(cfg);
+	show_forwards(cfg, true);
 	char busy_poll[48] = "";
 	if (cfg->busy_poll_us > 0)
 		snprintf(busy_poll, sizeof busy_poll, ", busy poll %u us", cfg->busy_poll_us);
@@ -339,7 +335,7 @@ int main(int argc, char **argv)
 	log_set_level(opts.log_level_given ? opts.log_level : cfg.log_level);
 
 	if (opts.check_only) {
-		print_forwards(&cfg);
+		show_forwards(&cfg, false);
 		goto out;
 	}
 	if (count_enabled(&cfg) == 0) {
