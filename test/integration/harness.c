@@ -1815,6 +1815,33 @@ uint16_t fx_start_relay(struct fx *fx, unsigned width, unsigned flags, const cha
 	return fx_start_relay_args(fx, width, flags, tmpl, NULL);
 }
 
+uint16_t fx_start_tcp_forward(struct fx *fx, const char *name, int family, unsigned int_port,
+			      double connect_timeout, double idle_timeout, bool splice)
+{
+	const char *addr = loopback_text(family);
+	char *t = NULL;
+	int n = asprintf(&t,
+			 "tcp = { connect_timeout = %.3f; idle_timeout = %.3f; splice = %s; };\n"
+			 "forwards = (\n"
+			 "  { name = \"%s\"; protocol = \"tcp\"; external_address = \"%s\";\n"
+			 "    external_port = @P0@; internal_ip = \"%s\"; internal_port = %u; }\n"
+			 ");\n",
+			 connect_timeout, idle_timeout, splice ? "true" : "false", name, addr, addr,
+			 int_port);
+	assert_true(n > 0);
+	uint16_t port = fx_start_relay(fx, 1, family == AF_INET6 ? PORTS_V6 : PORTS_V4, t);
+	free(t);
+	return port;
+}
+
+int fx_connect_relay(struct fx *fx, int family, uint16_t port)
+{
+	int fd = sock_connect(family, port, 10000 * hang_scale());
+	if (fd < 0)
+		fail_with_log(fx, "connect to the relay on port %u: %s", port, strerror(errno));
+	return fd;
+}
+
 void fx_stop_relay_ok(struct fx *fx)
 {
 	int code = relay_stop(&fx->relay);

@@ -281,6 +281,15 @@ uint16_t fx_start_relay(struct fx *fx, unsigned width, unsigned flags, const cha
  */
 uint16_t fx_start_relay_args(struct fx *fx, unsigned width, unsigned flags, const char *tmpl,
 			     const char *const *extra);
+/*
+ * One TCP forward named name from loopback:@P0@ of family to loopback:int_port,
+ * with these tcp settings; the relay started as by fx_start_relay. Returns the
+ * external port.
+ */
+uint16_t fx_start_tcp_forward(struct fx *fx, const char *name, int family, unsigned int_port,
+			      double connect_timeout, double idle_timeout, bool splice);
+/* A connection to the relay's loopback:port; fails the test if it cannot be made. */
+int fx_connect_relay(struct fx *fx, int family, uint16_t port);
 /* Stops the relay and asserts a clean exit (status 0). */
 void fx_stop_relay_ok(struct fx *fx);
 

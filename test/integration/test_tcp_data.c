@@ -13,49 +13,6 @@
 
 #define MiB (1024u * 1024u)
 
-/* A config template with one TCP forward from 127.0.0.1:@P0@ (or ext_addr). */
-static char *one_forward_with(const char *name, const char *ext_addr, const char *int_ip,
-			      unsigned int_port, double connect_timeout, double idle_timeout,
-			      bool splice)
-{
-	char *t = NULL;
-	int n = asprintf(&t,
-			 "log_level = \"debug\";\n"
-			 "tcp = { connect_timeout = %.3f; idle_timeout = %.3f; splice = %s; };\n"
-			 "forwards = (\n"
-			 "  { name = \"%s\"; protocol = \"tcp\"; external_address = \"%s\";\n"
-			 "    external_port = @P0@; internal_ip = \"%s\"; internal_port = %u; }\n"
-			 ");\n",
-			 connect_timeout, idle_timeout, splice ? "true" : "false", name, ext_addr,
-			 int_ip, int_port);
-	assert_true(n > 0);
-	return t;
-}
-
-static char *one_forward(const char *name, const char *ext_addr, const char *int_ip,
-			 unsigned int_port, double connect_timeout, double idle_timeout)
-{
-	return one_forward_with(name, ext_addr, int_ip, int_port, connect_timeout, idle_timeout,
-				true);
-}
-
-static uint16_t start_one_forward(struct fx *fx, const char *name, int family, unsigned int_port)
-{
-	const char *addr = loopback_text(family);
-	char *t = one_forward(name, addr, addr, int_port, 5.0, 0.0);
-	uint16_t port = fx_start_relay(fx, 1, family == AF_INET6 ? PORTS_V6 : PORTS_V4, t);
-	free(t);
-	return port;
-}
-
-static int connect_relay(struct fx *fx, int family, uint16_t port)
-{
-	int fd = sock_connect(family, port, 10000 * hang_scale());
-	if (fd < 0)
-		fail_with_log(fx, "connect to the relay on port %u: %s", port, strerror(errno));
-	return fd;
-}
-
 /* ---- 1. bulk, both directions at once ------------------------------------------ */
 
 #define BULK_LEN (64ull * MiB)
@@ -90,13 +47,11 @@ static void run_bulk_each_way(struct fx *fx, bool splice)
 	struct duplex_peer *srv = fx_calloc(fx, sizeof *srv);
 	srv->lfd = sock_listen(AF_INET, 0, 16);
 	assert_true(srv->lfd >= 0);
-	char *t = one_forward_with("bulk", "127.0.0.1", "127.0.0.1", sock_port(srv->lfd), 5.0, 0.0,
-				   splice);
-	uint16_t port = fx_start_relay(fx, 1, PORTS_V4, t);
-	free(t);
+	uint16_t port = fx_start_tcp_forward(fx, "bulk", AF_INET, sock_port(srv->lfd), 5.0, 0.0,
+					     splice);
 
 	int th = fx_thread_start(fx, bulk_server_main, srv);
-	int fd = connect_relay(fx, AF_INET, port);
+	int fd = fx_connect_relay(fx, AF_INET, port);
 	struct xfer x;
 	double t0 = now_s();
 	xfer_init(&x, fd, SEED_C2S, BULK_LEN, SEED_S2C, BULK_LEN);
@@ -144,12 +99,12 @@ static void test_200_concurrent_connections_echo_intact(void **state)
 {
 	struct fx *fx = *state;
 	struct tserver *echo = fx_echo_server(fx, AF_INET);
-	uint16_t port = start_one_forward(fx, "many", AF_INET, tserver_port(echo));
+	uint16_t port = fx_start_tcp_forward(fx, "many", AF_INET, tserver_port(echo), 5.0, 0.0, true);
 
 	struct xfer *xs = fx_calloc(fx, MANY * sizeof *xs);
 	uint64_t total = 0;
 	for (int i = 0; i < MANY; i++) {
-		int fd = connect_relay(fx, AF_INET, port);
+		int fd = fx_connect_relay(fx, AF_INET, port);
 		uint64_t len = 32 * 1024 + test_random() % (96 * 1024 + 1);
 		uint64_t seed = 0x5000 + (uint64_t)i * 7919;
 		xfer_init(&xs[i], fd, seed, len, seed, len);
@@ -202,10 +157,10 @@ static void test_half_close_delivers_full_reply(void **state)
 	struct duplex_peer *srv = fx_calloc(fx, sizeof *srv);
 	srv->lfd = sock_listen(AF_INET, 0, 16);
 	assert_true(srv->lfd >= 0);
-	uint16_t port = start_one_forward(fx, "hc", AF_INET, sock_port(srv->lfd));
+	uint16_t port = fx_start_tcp_forward(fx, "hc", AF_INET, sock_port(srv->lfd), 5.0, 0.0, true);
 	int th = fx_thread_start(fx, half_close_server_main, srv);
 
-	int fd = connect_relay(fx, AF_INET, port);
+	int fd = fx_connect_relay(fx, AF_INET, port);
 	struct xfer x;
 	/* The client shuts its side down after the request, then reads the reply to EOF. */
 	xfer_init(&x, fd, 0xfeed, HC_REQUEST, 0xbeef, HC_REPLY);
@@ -286,7 +241,7 @@ static void test_port_range_reaches_each_internal_port(void **state)
 	free(t);
 
 	for (int i = 0; i < RANGE; i++) {
-		int fd = connect_relay(fx, AF_INET, (uint16_t)(base + i));
+		int fd = fx_connect_relay(fx, AF_INET, (uint16_t)(base + i));
 		char expect[32], got[64];
 		snprintf(expect, sizeof expect, "server %d\n", i);
 		size_t len = strlen(expect);
@@ -317,8 +272,8 @@ static void test_ipv6_forward_echo(void **state)
 		skip();
 	}
 	struct tserver *echo = fx_echo_server(fx, AF_INET6);
-	uint16_t port = start_one_forward(fx, "v6", AF_INET6, tserver_port(echo));
-	int fd = connect_relay(fx, AF_INET6, port);
+	uint16_t port = fx_start_tcp_forward(fx, "v6", AF_INET6, tserver_port(echo), 5.0, 0.0, true);
+	int fd = fx_connect_relay(fx, AF_INET6, port);
 	struct xfer x;
 	xfer_init(&x, fd, 0x6666, 1 * MiB, 0x6666, 1 * MiB);
 	size_t not_done = xfer_run(&x, 1, 30000 * hang_scale());
@@ -394,15 +349,13 @@ static void run_backpressure(struct fx *fx, bool splice)
 	struct bp_client *cli = fx_calloc(fx, sizeof *cli);
 	srv->lfd = sock_listen(AF_INET, 0, 16);
 	assert_true(srv->lfd >= 0);
-	char *t = one_forward_with("bp", "127.0.0.1", "127.0.0.1", sock_port(srv->lfd), 5.0, 0.0,
-				   splice);
-	uint16_t port = fx_start_relay(fx, 1, PORTS_V4, t);
-	free(t);
+	uint16_t port = fx_start_tcp_forward(fx, "bp", AF_INET, sock_port(srv->lfd), 5.0, 0.0,
+					     splice);
 
 	long base_rss = relay_rss_kib(&fx->relay);
 	assert_true(base_rss > 0);
 	int sth = fx_thread_start(fx, bp_server_main, srv);
-	cli->fd = connect_relay(fx, AF_INET, port);
+	cli->fd = fx_connect_relay(fx, AF_INET, port);
 	xfer_init(&cli->x, cli->fd, BP_SEED, BP_LEN, 0, 0);
 	int cth = fx_thread_start(fx, bp_client_main, cli);
 

@@ -14,38 +14,6 @@
 #include <string.h>
 #include <unistd.h>
 
-static char *one_forward(const char *name, unsigned int_port, double connect_timeout,
-			 double idle_timeout)
-{
-	char *t = NULL;
-	int n = asprintf(&t,
-			 "tcp = { connect_timeout = %.3f; idle_timeout = %.3f; };\n"
-			 "forwards = (\n"
-			 "  { name = \"%s\"; protocol = \"tcp\"; external_address = \"127.0.0.1\";\n"
-			 "    external_port = @P0@; internal_ip = \"127.0.0.1\"; internal_port = %u; }\n"
-			 ");\n",
-			 connect_timeout, idle_timeout, name, int_port);
-	assert_true(n > 0);
-	return t;
-}
-
-static uint16_t start_one(struct fx *fx, const char *name, unsigned int_port,
-			  double connect_timeout, double idle_timeout)
-{
-	char *t = one_forward(name, int_port, connect_timeout, idle_timeout);
-	uint16_t port = fx_start_relay(fx, 1, PORTS_V4, t);
-	free(t);
-	return port;
-}
-
-static int connect_relay(struct fx *fx, uint16_t port)
-{
-	int fd = sock_connect(AF_INET, port, 10000 * hang_scale());
-	if (fd < 0)
-		fail_with_log(fx, "connect to the relay on port %u: %s", port, strerror(errno));
-	return fd;
-}
-
 static const char *close_text(int rc)
 {
 	static __thread char buf[64];
@@ -72,9 +40,9 @@ static void test_connect_refused_closes_client_quickly(void **state)
 	struct fx *fx = *state;
 	uint16_t dead = dead_port(AF_INET);
 	assert_true(dead != 0);
-	uint16_t port = start_one(fx, "dead", dead, 5.0, 0.0);
+	uint16_t port = fx_start_tcp_forward(fx, "dead", AF_INET, dead, 5.0, 0.0, true);
 
-	int fd = connect_relay(fx, port);
+	int fd = fx_connect_relay(fx, AF_INET, port);
 	char client[64];
 	client_addr_text(fd, client, sizeof client);
 	int64_t t0 = now_ms();
@@ -100,9 +68,9 @@ static void test_connect_timeout_closes_client_after_timeout(void **state)
 	struct fx *fx = *state;
 	fx_require_relay();
 	struct hang_target *hang = fx_hang_target(fx);
-	uint16_t port = start_one(fx, "slow", hang->port, 1.0, 0.0);
+	uint16_t port = fx_start_tcp_forward(fx, "slow", AF_INET, hang->port, 1.0, 0.0, true);
 
-	int fd = connect_relay(fx, port);
+	int fd = fx_connect_relay(fx, AF_INET, port);
 	int64_t t0 = now_ms();
 	int rc = sock_wait_close(fd, 10000 * hang_scale(), NULL);
 	int64_t elapsed = now_ms() - t0;
@@ -199,7 +167,7 @@ static void test_no_fd_leak_after_every_kind_of_close(void **state)
 	/* Normal close, with data both ways. */
 	struct xfer *xs = fx_calloc(fx, LEAK_NORMAL * sizeof *xs);
 	for (int i = 0; i < LEAK_NORMAL; i++) {
-		int fd = connect_relay(fx, base);
+		int fd = fx_connect_relay(fx, AF_INET, base);
 		uint64_t len = 1000 + test_random() % 16000;
 		xfer_init(&xs[i], fd, 0x100 + (uint64_t)i, len, 0x100 + (uint64_t)i, len);
 	}
@@ -215,7 +183,7 @@ static void test_no_fd_leak_after_every_kind_of_close(void **state)
 
 	/* Client resets, after the session is relaying. */
 	for (int i = 0; i < LEAK_CLIENT_RESET; i++) {
-		fds[i] = connect_relay(fx, base);
+		fds[i] = fx_connect_relay(fx, AF_INET, base);
 		if (echo_roundtrip(fds[i], 10000 * hang_scale()) != 0)
 			fail_with_log(fx, "echo before the client reset: %s", strerror(errno));
 	}
@@ -224,7 +192,7 @@ static void test_no_fd_leak_after_every_kind_of_close(void **state)
 
 	/* Server resets. */
 	for (int i = 0; i < LEAK_SERVER_RESET; i++) {
-		fds[i] = connect_relay(fx, (uint16_t)(base + 1));
+		fds[i] = fx_connect_relay(fx, AF_INET, (uint16_t)(base + 1));
 		if (sock_send_all(fds[i], "x", 1, 5000) != 0)
 			fail_with_log(fx, "send to the resetting server: %s", strerror(errno));
 	}
@@ -232,12 +200,12 @@ static void test_no_fd_leak_after_every_kind_of_close(void **state)
 
 	/* Refused. */
 	for (int i = 0; i < LEAK_REFUSED; i++)
-		fds[i] = connect_relay(fx, (uint16_t)(base + 2));
+		fds[i] = fx_connect_relay(fx, AF_INET, (uint16_t)(base + 2));
 	wait_all_closed(fx, fds, LEAK_REFUSED, "refused", 10000 * hang_scale());
 
 	/* Timed out. */
 	for (int i = 0; i < LEAK_TIMEOUT; i++)
-		fds[i] = connect_relay(fx, (uint16_t)(base + 3));
+		fds[i] = fx_connect_relay(fx, AF_INET, (uint16_t)(base + 3));
 	wait_all_closed(fx, fds, LEAK_TIMEOUT, "timed-out", 10000 * hang_scale());
 
 	/* Every session has ended: the descriptor count must come back exactly. */
@@ -313,10 +281,10 @@ static void test_client_reset_propagates_to_server(void **state)
 	struct reading_server *srv = fx_calloc(fx, sizeof *srv);
 	srv->lfd = sock_listen(AF_INET, 0, 16);
 	assert_true(srv->lfd >= 0);
-	uint16_t port = start_one(fx, "rc", sock_port(srv->lfd), 5.0, 0.0);
+	uint16_t port = fx_start_tcp_forward(fx, "rc", AF_INET, sock_port(srv->lfd), 5.0, 0.0, true);
 	int th = fx_thread_start(fx, reading_server_main, srv);
 
-	int fd = connect_relay(fx, port);
+	int fd = fx_connect_relay(fx, AF_INET, port);
 	static char chunk[256 * 1024];
 	memset(chunk, 'r', sizeof chunk);
 	if (sock_send_all(fd, chunk, 64 * 1024, 10000 * hang_scale()) != 0)
@@ -362,8 +330,8 @@ static void test_reset_after_half_close_reaches_a_silent_server(void **state)
 	struct fx *fx = *state;
 	int lfd = sock_listen(AF_INET, 0, 16);
 	assert_true(lfd >= 0);
-	uint16_t port = start_one(fx, "hr", sock_port(lfd), 5.0, 0.0);
-	int fd = connect_relay(fx, port);
+	uint16_t port = fx_start_tcp_forward(fx, "hr", AF_INET, sock_port(lfd), 5.0, 0.0, true);
+	int fd = fx_connect_relay(fx, AF_INET, port);
 	int server = sock_accept(lfd, 10000 * hang_scale());
 	assert_true(server >= 0);
 	char c = 0;
@@ -405,9 +373,9 @@ static void test_server_reset_propagates_to_client(void **state)
 	int lfd = sock_listen(AF_INET, 0, 16);
 	assert_true(lfd >= 0);
 	struct tserver *resetter = fx_server(fx, lfd, TSERVER_RESET, NULL);
-	uint16_t port = start_one(fx, "rs", tserver_port(resetter), 5.0, 0.0);
+	uint16_t port = fx_start_tcp_forward(fx, "rs", AF_INET, tserver_port(resetter), 5.0, 0.0, true);
 
-	int fd = connect_relay(fx, port);
+	int fd = fx_connect_relay(fx, AF_INET, port);
 	if (sock_send_all(fd, "q", 1, 5000) != 0)
 		fail_with_log(fx, "send: %s", strerror(errno));
 	int64_t t0 = now_ms();
@@ -434,10 +402,10 @@ static void test_idle_timeout_closes_only_idle_connections(void **state)
 	struct fx *fx = *state;
 	fx_require_relay();
 	struct tserver *echo = fx_echo_server(fx, AF_INET);
-	uint16_t port = start_one(fx, "idle", tserver_port(echo), 5.0, 1.0);
+	uint16_t port = fx_start_tcp_forward(fx, "idle", AF_INET, tserver_port(echo), 5.0, 1.0, true);
 
 	/* An idle connection: closed by the relay after about a second. */
-	int fd = connect_relay(fx, port);
+	int fd = fx_connect_relay(fx, AF_INET, port);
 	if (echo_roundtrip(fd, 10000 * hang_scale()) != 0)
 		fail_with_log(fx, "echo: %s", strerror(errno));
 	int64_t t0 = now_ms();
@@ -459,7 +427,7 @@ static void test_idle_timeout_closes_only_idle_connections(void **state)
 		fail_with_log(fx, "no 'tcp closed' line with [idle] and 'idle timeout'");
 
 	/* A connection with a byte every 300 ms for 2.5 s stays open. */
-	fd = connect_relay(fx, port);
+	fd = fx_connect_relay(fx, AF_INET, port);
 	int64_t start = now_ms();
 	int rounds = 0;
 	while (now_ms() - start < 2500) {
@@ -489,7 +457,7 @@ static void test_fd_exhaustion_pauses_accept_and_recovers(void **state)
 	fx_require_relay();
 	struct tserver *echo = fx_echo_server(fx, AF_INET);
 	fx->nofile = EXH_NOFILE;
-	uint16_t port = start_one(fx, "fdx", tserver_port(echo), 5.0, 0.0);
+	uint16_t port = fx_start_tcp_forward(fx, "fdx", AF_INET, tserver_port(echo), 5.0, 0.0, true);
 
 	int *held = fx_calloc(fx, EXH_MAX_CONNS * sizeof *held);
 	int nheld = 0, relayed = 0;
