@@ -192,6 +192,64 @@ static void test_half_close_delivers_full_reply(void **state)
 		fail_with_log(fx, "the last log lines do not total the session");
 }
 
+/*
+ * The other way round: the internal side speaks first and half-closes (a
+ * banner or a download), the client reads it all to EOF and only then sends
+ * its upload, which must still reach the internal side in full.
+ */
+#define HC_DOWNLOAD (1u * MiB)
+#define HC_UPLOAD (4u * MiB)
+
+static void *internal_first_server_main(void *arg)
+{
+	struct duplex_peer *p = arg;
+	int fd = sock_accept(p->lfd, 20000 * hang_scale());
+	if (fd < 0) {
+		p->accept_err = errno;
+		return NULL;
+	}
+	/* Sends the download and shuts down at once, then reads the upload to EOF. */
+	xfer_init(&p->x, fd, 0xd0d0, HC_DOWNLOAD, 0x0909, HC_UPLOAD);
+	p->not_done = xfer_run(&p->x, 1, 30000 * hang_scale());
+	xfer_release(&p->x);
+	close(fd);
+	return NULL;
+}
+
+static void test_half_close_by_the_internal_side_keeps_the_upload(void **state)
+{
+	struct fx *fx = *state;
+	struct duplex_peer *srv = fx_calloc(fx, sizeof *srv);
+	srv->lfd = sock_listen(AF_INET, 0, 16);
+	assert_true(srv->lfd >= 0);
+	uint16_t port = fx_start_tcp_forward(fx, "hci", AF_INET, sock_port(srv->lfd), 5.0, 0.0,
+					     true);
+	int th = fx_thread_start(fx, internal_first_server_main, srv);
+
+	int fd = fx_connect_relay(fx, AF_INET, port);
+	struct xfer x;
+	xfer_init(&x, fd, 0x0909, HC_UPLOAD, 0xd0d0, HC_DOWNLOAD);
+	x.send_after_eof = true;
+	size_t not_done = xfer_run(&x, 1, 30000 * hang_scale());
+	xfer_release(&x);
+	close(fd);
+	fx_thread_join(fx, th);
+	close(srv->lfd);
+
+	if (srv->accept_err)
+		fail_with_log(fx, "the server never got the relay's connection: %s",
+			      strerror(srv->accept_err));
+	if (not_done)
+		fail_with_log(fx, "client side (reads to EOF, then uploads): %s", x.what);
+	if (srv->not_done)
+		fail_with_log(fx, "server side (half-closed, reads the upload): %s", srv->x.what);
+	assert_true(x.rx_done == HC_DOWNLOAD && x.rx_eof);
+	assert_true(srv->x.rx_done == HC_UPLOAD && srv->x.rx_eof);
+	assert_true(x.rx_hash == srv->x.tx_hash);
+	assert_true(srv->x.rx_hash == x.tx_hash);
+	fx_stop_relay_ok(fx);
+}
+
 /* ---- 6. port range ------------------------------------------------------------------ */
 
 #define RANGE 10
@@ -422,6 +480,7 @@ int main(void)
 		FX_TEST(test_bulk_64mib_each_way_without_splice),
 		FX_TEST(test_200_concurrent_connections_echo_intact),
 		FX_TEST(test_half_close_delivers_full_reply),
+		FX_TEST(test_half_close_by_the_internal_side_keeps_the_upload),
 		FX_TEST(test_port_range_reaches_each_internal_port),
 		FX_TEST(test_ipv6_forward_echo),
 		FX_TEST(test_backpressure_keeps_relay_memory_bounded),
