@@ -131,123 +131,93 @@ static void test_200_concurrent_connections_echo_intact(void **state)
 
 /* ---- 3. half-close ------------------------------------------------------------------ */
 
-#define HC_REQUEST 1000u
-#define HC_REPLY (4u * MiB)
+/*
+ * One side sends and shuts its side down; the other reads to EOF and only
+ * then sends its own part, which must still arrive in full. The client
+ * half-closes first (a request and FIN, then the reply), or the internal side
+ * does (a banner or a download, then the client's upload).
+ */
+struct half_close {
+	struct duplex_peer peer;
+	bool internal_first;
+	uint64_t up, down;   /* bytes client -> internal, internal -> client */
+};
 
 static void *half_close_server_main(void *arg)
 {
-	struct duplex_peer *p = arg;
+	struct half_close *hc = arg;
+	struct duplex_peer *p = &hc->peer;
 	int fd = sock_accept(p->lfd, 20000 * hang_scale());
 	if (fd < 0) {
 		p->accept_err = errno;
 		return NULL;
 	}
-	/* Read the request until EOF, only then send the reply and close. */
-	xfer_init(&p->x, fd, 0xbeef, HC_REPLY, 0xfeed, HC_REQUEST);
-	p->x.send_after_eof = true;
+	xfer_init(&p->x, fd, 0xd0d0, hc->down, 0x0909, hc->up);
+	p->x.send_after_eof = !hc->internal_first;
 	p->not_done = xfer_run(&p->x, 1, 30000 * hang_scale());
 	xfer_release(&p->x);
 	close(fd);
 	return NULL;
 }
 
-static void test_half_close_delivers_full_reply(void **state)
+static void run_half_close(struct fx *fx, const char *name, bool internal_first, uint64_t up,
+			   uint64_t down)
 {
-	struct fx *fx = *state;
-	struct duplex_peer *srv = fx_calloc(fx, sizeof *srv);
+	struct half_close *hc = fx_calloc(fx, sizeof *hc);
+	struct duplex_peer *srv = &hc->peer;
+	hc->internal_first = internal_first;
+	hc->up = up;
+	hc->down = down;
 	srv->lfd = sock_listen(AF_INET, 0, 16);
 	assert_true(srv->lfd >= 0);
-	uint16_t port = fx_start_tcp_forward(fx, "hc", AF_INET, sock_port(srv->lfd), 5.0, 0.0, true);
-	int th = fx_thread_start(fx, half_close_server_main, srv);
+	uint16_t port = fx_start_tcp_forward(fx, name, AF_INET, sock_port(srv->lfd), 5.0, 0.0, true);
+	int th = fx_thread_start(fx, half_close_server_main, hc);
 
 	int fd = fx_connect_relay(fx, AF_INET, port);
 	struct xfer x;
-	/* The client shuts its side down after the request, then reads the reply to EOF. */
-	xfer_init(&x, fd, 0xfeed, HC_REQUEST, 0xbeef, HC_REPLY);
+	xfer_init(&x, fd, 0x0909, up, 0xd0d0, down);
+	x.send_after_eof = internal_first;
 	size_t not_done = xfer_run(&x, 1, 30000 * hang_scale());
 	xfer_release(&x);
 	close(fd);
 	fx_thread_join(fx, th);
 	close(srv->lfd);
 
+	const char *order = internal_first ? "internal side half-closes first"
+					   : "client half-closes first";
 	if (srv->accept_err)
 		fail_with_log(fx, "the server never got the relay's connection: %s",
 			      strerror(srv->accept_err));
 	if (srv->not_done)
-		fail_with_log(fx, "server side (reads to EOF, then replies): %s", srv->x.what);
+		fail_with_log(fx, "server side (%s): %s", order, srv->x.what);
 	if (not_done)
-		fail_with_log(fx, "client side (half-closed, reads the reply): %s", x.what);
-	assert_true(x.rx_done == HC_REPLY && x.rx_eof);
+		fail_with_log(fx, "client side (%s): %s", order, x.what);
+	assert_true(x.rx_done == down && x.rx_eof);
+	assert_true(srv->x.rx_done == up && srv->x.rx_eof);
 	assert_true(x.rx_hash == srv->x.tx_hash);
 	assert_true(srv->x.rx_hash == x.tx_hash);
 
-	const char *line[] = { "tcp closed", "[hc]", "1000 bytes to internal",
-			       "4194304 bytes to client", NULL };
+	char to_internal[48], to_client[48], tag[32];
+	snprintf(to_internal, sizeof to_internal, " %llu bytes to internal", (unsigned long long)up);
+	snprintf(to_client, sizeof to_client, " %llu bytes to client", (unsigned long long)down);
+	snprintf(tag, sizeof tag, "[%s]", name);
+	const char *line[] = { "tcp closed", tag, to_internal, to_client, NULL };
 	if (!wait_for_log_line(&fx->relay, line, 5000 * hang_scale()))
-		fail_with_log(fx, "no 'tcp closed' line with 1000 bytes to internal and 4194304 to client");
+		fail_with_log(fx, "no 'tcp closed' line with %s,%s and%s", tag, to_internal, to_client);
 	fx_stop_relay_ok(fx);
-	const char *totals[] = { "stopped. tcp: 1 connections", "1000 bytes to internal",
-				 "4194304 bytes to client", NULL };
+	const char *totals[] = { "stopped. tcp: 1 connections", to_internal, to_client, NULL };
 	if (!relay_log_line_with(&fx->relay, totals))
 		fail_with_log(fx, "the last log lines do not total the session");
 }
 
-/*
- * The other way round: the internal side speaks first and half-closes (a
- * banner or a download), the client reads it all to EOF and only then sends
- * its upload, which must still reach the internal side in full.
- */
-#define HC_DOWNLOAD (1u * MiB)
-#define HC_UPLOAD (4u * MiB)
-
-static void *internal_first_server_main(void *arg)
+static void test_half_close_delivers_full_reply(void **state)
 {
-	struct duplex_peer *p = arg;
-	int fd = sock_accept(p->lfd, 20000 * hang_scale());
-	if (fd < 0) {
-		p->accept_err = errno;
-		return NULL;
-	}
-	/* Sends the download and shuts down at once, then reads the upload to EOF. */
-	xfer_init(&p->x, fd, 0xd0d0, HC_DOWNLOAD, 0x0909, HC_UPLOAD);
-	p->not_done = xfer_run(&p->x, 1, 30000 * hang_scale());
-	xfer_release(&p->x);
-	close(fd);
-	return NULL;
+	run_half_close(*state, "hc", false, 1000, 4 * MiB);
 }
 
 static void test_half_close_by_the_internal_side_keeps_the_upload(void **state)
 {
-	struct fx *fx = *state;
-	struct duplex_peer *srv = fx_calloc(fx, sizeof *srv);
-	srv->lfd = sock_listen(AF_INET, 0, 16);
-	assert_true(srv->lfd >= 0);
-	uint16_t port = fx_start_tcp_forward(fx, "hci", AF_INET, sock_port(srv->lfd), 5.0, 0.0,
-					     true);
-	int th = fx_thread_start(fx, internal_first_server_main, srv);
-
-	int fd = fx_connect_relay(fx, AF_INET, port);
-	struct xfer x;
-	xfer_init(&x, fd, 0x0909, HC_UPLOAD, 0xd0d0, HC_DOWNLOAD);
-	x.send_after_eof = true;
-	size_t not_done = xfer_run(&x, 1, 30000 * hang_scale());
-	xfer_release(&x);
-	close(fd);
-	fx_thread_join(fx, th);
-	close(srv->lfd);
-
-	if (srv->accept_err)
-		fail_with_log(fx, "the server never got the relay's connection: %s",
-			      strerror(srv->accept_err));
-	if (not_done)
-		fail_with_log(fx, "client side (reads to EOF, then uploads): %s", x.what);
-	if (srv->not_done)
-		fail_with_log(fx, "server side (half-closed, reads the upload): %s", srv->x.what);
-	assert_true(x.rx_done == HC_DOWNLOAD && x.rx_eof);
-	assert_true(srv->x.rx_done == HC_UPLOAD && srv->x.rx_eof);
-	assert_true(x.rx_hash == srv->x.tx_hash);
-	assert_true(srv->x.rx_hash == x.tx_hash);
-	fx_stop_relay_ok(fx);
+	run_half_close(*state, "hci", true, 4 * MiB, 1 * MiB);
 }
 
 /* ---- 6. port range ------------------------------------------------------------------ */
