@@ -235,7 +235,8 @@ void config_default_name(struct forward *fwd)
 {
 	char ports[CONFIG_PORT_TEXT_MAX];
 
-	snprintf(fwd->name, sizeof fwd->name, "%s:%s", forward_proto_name(fwd->proto),
+	snprintf(fwd->name, sizeof fwd->name, "%s:%s",
+		 fwd->ftp ? "ftp" : forward_proto_name(fwd->proto),
 		 config_ports_format(fwd->external_port_first, fwd->external_port_last,
 				     ports, sizeof ports));
 }
@@ -254,6 +255,7 @@ void config_defaults(struct config *cfg)
 	cfg->tcp_splice = true;
 	cfg->workers = 0;
 	cfg->busy_poll_us = 0;
+	cfg->ftp_data_timeout = 30.0;
 }
 
 void config_free(struct config *cfg)
@@ -311,6 +313,10 @@ static int config_finish_forward(const struct config *cfg, struct forward *fwd, 
 	net_addr_parse_ip(bare, 0, &fwd->external_addr);
 	if (fwd->udp_idle_timeout == 0)
 		fwd->udp_idle_timeout = cfg->udp_idle_timeout;
+	if (fwd->ftp && fwd->ftp_data_port_first == 0) {
+		fwd->ftp_data_port_first = cfg->ftp_data_port_first;
+		fwd->ftp_data_port_last = cfg->ftp_data_port_last;
+	}
 
 	/* A disabled rule opens nothing, so its host need not exist yet. */
 	if (!fwd->enabled)
@@ -425,13 +431,47 @@ out:
 	return rc;
 }
 
+/*
+ * An FTP forward's data ports must not be another forward's listening
+ * ports on the same address: its data listeners could never bind there,
+ * and a client could not tell the two apart.
+ */
+static int config_check_ftp_data_ports(const struct config *cfg, char *err, size_t err_len)
+{
+	for (size_t i = 0; i < cfg->forward_count; i++) {
+		const struct forward *ftp = &cfg->forwards[i];
+		if (!ftp->enabled || !ftp->ftp || ftp->ftp_data_port_first == 0)
+			continue;
+		for (size_t j = 0; j < cfg->forward_count; j++) {
+			const struct forward *other = &cfg->forwards[j];
+			char label[CONFIG_LABEL_MAX], ports[CONFIG_PORT_TEXT_MAX];
+			if (!other->enabled || !(other->proto & FORWARD_TCP) ||
+			    other->external_port_last < ftp->ftp_data_port_first ||
+			    other->external_port_first > ftp->ftp_data_port_last ||
+			    !config_addresses_collide(&ftp->external_addr, &other->external_addr))
+				continue;
+			config_forward_label(ftp, label, sizeof label);
+			return config_fail(err, err_len, ftp->origin, label,
+					   "ftp data ports %s overlap the tcp ports of forward "
+					   "\"%s\" (%s)",
+					   config_ports_format(ftp->ftp_data_port_first,
+							       ftp->ftp_data_port_last, ports,
+							       sizeof ports),
+					   other->name, other->origin);
+		}
+	}
+	return 0;
+}
+
 int config_finish(struct config *cfg, char *err, size_t err_len)
 {
 	for (size_t i = 0; i < cfg->forward_count; i++) {
 		if (config_finish_forward(cfg, &cfg->forwards[i], err, err_len) < 0)
 			return -1;
 	}
-	return config_check_overlaps(cfg, err, err_len);
+	if (config_check_overlaps(cfg, err, err_len) < 0)
+		return -1;
+	return config_check_ftp_data_ports(cfg, err, err_len);
 }
 
 /* ---- describing forwards ----------------------------------------------- */
@@ -514,9 +554,18 @@ const char *forward_describe(const struct forward *fwd, char *buf, size_t buf_le
 	char external[CONFIG_HOST_MAX + CONFIG_PORT_TEXT_MAX + 4];
 	char internal[CONFIG_HOST_MAX + NET_ADDR_STRLEN + CONFIG_PORT_TEXT_MAX + 8];
 
+	char ftp[64] = "";
+	char ports[CONFIG_PORT_TEXT_MAX];
+
 	config_describe_external(fwd, external, sizeof external);
 	config_describe_internal(fwd, internal, sizeof internal);
-	snprintf(buf, buf_len, "%s  %-4s %s -> %s%s", fwd->name, forward_proto_name(fwd->proto),
-		 external, internal, fwd->enabled ? "" : "  (disabled)");
+	if (fwd->ftp && fwd->ftp_data_port_first != 0)
+		snprintf(ftp, sizeof ftp, "  ftp helper, data ports %s",
+			 config_ports_format(fwd->ftp_data_port_first, fwd->ftp_data_port_last,
+					     ports, sizeof ports));
+	else if (fwd->ftp)
+		snprintf(ftp, sizeof ftp, "  ftp helper");
+	snprintf(buf, buf_len, "%s  %-4s %s -> %s%s%s", fwd->name, forward_proto_name(fwd->proto),
+		 external, internal, ftp, fwd->enabled ? "" : "  (disabled)");
 	return buf;
 }

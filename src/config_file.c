@@ -247,6 +247,37 @@ static int config_file_udp(struct config *cfg, struct config_file *file,
 	return 0;
 }
 
+/* A port range in the file: an integer, or a string "N" or "N-M". */
+static int config_file_ports(struct config_file *file, const config_setting_t *setting,
+			     const char *key, struct config_ports *ports);
+
+static int config_file_ftp(struct config *cfg, struct config_file *file,
+			   const config_setting_t *group)
+{
+	if (!config_setting_is_group(group))
+		return config_file_fail(file, group, "ftp must be a group { ... }");
+	for (int i = 0; i < config_setting_length(group); i++) {
+		const config_setting_t *setting = config_setting_get_elem(group, (unsigned)i);
+		const char *name = config_setting_name(setting);
+		struct config_ports ports;
+		int rc;
+
+		if (strcmp(name, "data_ports") == 0) {
+			rc = config_file_ports(file, setting, "ftp.data_ports", &ports);
+			cfg->ftp_data_port_first = ports.first;
+			cfg->ftp_data_port_last = ports.last;
+		} else if (strcmp(name, "data_timeout") == 0) {
+			rc = config_file_timeout(file, setting, "ftp.data_timeout", false,
+						 &cfg->ftp_data_timeout);
+		} else {
+			rc = config_file_fail(file, setting, "unknown field \"ftp.%s\"", name);
+		}
+		if (rc < 0)
+			return -1;
+	}
+	return 0;
+}
+
 /* ---- the file: one forward --------------------------------------------- */
 
 /* What a forward's settings told so far, beyond struct forward itself. */
@@ -254,6 +285,8 @@ struct config_forward_fields {
 	struct config_ports external;
 	struct config_ports internal;
 	const config_setting_t *internal_port;   /* NULL: same as external_port */
+	const config_setting_t *ftp;             /* "ftp = true", checked against protocol */
+	const config_setting_t *ftp_data_ports;
 	bool has_protocol;
 	bool has_external_port;
 	bool has_internal_ip;
@@ -376,6 +409,26 @@ static int config_forward_udp_idle_timeout(struct config_file *file,
 				   &fwd->udp_idle_timeout);
 }
 
+static int config_forward_ftp(struct config_file *file, const config_setting_t *setting,
+			      struct forward *fwd, struct config_forward_fields *fields)
+{
+	fields->ftp = setting;
+	return config_file_bool(file, setting, "ftp", &fwd->ftp);
+}
+
+static int config_forward_ftp_data_ports(struct config_file *file,
+					 const config_setting_t *setting, struct forward *fwd,
+					 struct config_forward_fields *fields)
+{
+	struct config_ports ports;
+	fields->ftp_data_ports = setting;
+	if (config_file_ports(file, setting, "ftp_data_ports", &ports) < 0)
+		return -1;
+	fwd->ftp_data_port_first = ports.first;
+	fwd->ftp_data_port_last = ports.last;
+	return 0;
+}
+
 static const struct {
 	const char *name;
 	config_forward_field_fn parse;
@@ -388,6 +441,8 @@ static const struct {
 	{ "internal_port", config_forward_internal_port },
 	{ "enabled", config_forward_enabled },
 	{ "udp_idle_timeout", config_forward_udp_idle_timeout },
+	{ "ftp", config_forward_ftp },
+	{ "ftp_data_ports", config_forward_ftp_data_ports },
 };
 
 static config_forward_field_fn config_forward_field_lookup(const char *name)
@@ -438,6 +493,14 @@ static int config_forward_complete(struct config_file *file, const config_settin
 		return config_file_fail(file, group, "external_port is required");
 	if (!fields->has_internal_ip)
 		return config_file_fail(file, group, "internal_ip is required");
+	if (fwd->ftp && fwd->proto != FORWARD_TCP)
+		return config_file_fail(file, fields->ftp,
+					"ftp = true needs protocol = \"tcp\", not \"%s\" "
+					"(the FTP helper works on TCP control connections)",
+					forward_proto_name(fwd->proto));
+	if (fields->ftp_data_ports != NULL && !fwd->ftp)
+		return config_file_fail(file, fields->ftp_data_ports,
+					"ftp_data_ports needs ftp = true");
 	/*
 	 * An omitted internal_port equals external_port, which always passes
 	 * the width rule: a failure below always has an internal_port to name.
@@ -513,6 +576,7 @@ static const struct {
 	{ "busy_poll", config_file_busy_poll },
 	{ "tcp", config_file_tcp },
 	{ "udp", config_file_udp },
+	{ "ftp", config_file_ftp },
 	{ "forwards", config_file_forwards },
 };
 

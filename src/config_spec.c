@@ -14,6 +14,7 @@
 
 static const char config_spec_usage[] =
 	"expected PROTO:[EXT_ADDR:]EXT_PORT:INT_HOST:INT_PORT";
+/* PROTO "ftp" is tcp with the FTP helper. */
 
 #define CONFIG_SPEC_FIELDS_MAX 5
 
@@ -81,10 +82,17 @@ static int config_spec_proto(const struct config_spec_field *field, struct forwa
 {
 	char text[8];
 
+	if (!field->bracketed && config_spec_copy(field, text, sizeof text) == 0 &&
+	    strcmp(text, "ftp") == 0) {
+		/* tcp with the FTP helper */
+		fwd->proto = FORWARD_TCP;
+		fwd->ftp = true;
+		return 0;
+	}
 	if (field->bracketed || config_spec_copy(field, text, sizeof text) < 0 ||
 	    config_proto_parse(text, &fwd->proto) < 0)
 		return config_reason(why, why_len,
-				     "unknown protocol \"%.*s\" (tcp, udp or both)",
+				     "unknown protocol \"%.*s\" (tcp, udp, both or ftp)",
 				     (int)field->len, field->text);
 	return 0;
 }

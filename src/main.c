@@ -253,8 +253,17 @@ static void on_hangup_signal(evutil_socket_t signum, short what, void *arg)
 	log_warn(NULL, "SIGHUP: reloading the configuration is not supported; ignored");
 }
 
+static bool uses_ftp(const struct config *cfg)
+{
+	for (size_t i = 0; i < cfg->forward_count; i++) {
+		if (cfg->forwards[i].enabled && cfg->forwards[i].ftp)
+			return true;
+	}
+	return false;
+}
+
 /* What happened while running, for the last lines of the log. */
-static void log_totals(const struct relay_counters *c)
+static void log_totals(const struct config *cfg, const struct relay_counters *c)
 {
 	log_info(NULL, "stopped. tcp: %llu connections (%llu failed to connect, %llu reset, "
 		 "%llu idle timeouts), %llu bytes to internal, %llu bytes to client, %llu "
@@ -273,6 +282,15 @@ static void log_totals(const struct relay_counters *c)
 		 (unsigned long long)c->udp_flow_failed,
 		 (unsigned long long)c->udp_dropped_truncated,
 		 (unsigned long long)c->udp_dropped_send, (unsigned long long)c->udp_refused);
+	if (uses_ftp(cfg))
+		log_info(NULL, "stopped. ftp: %llu data listeners (%llu connected, %llu expired "
+			 "unused), %llu data connections from a foreign address refused, %llu "
+			 "commands refused",
+			 (unsigned long long)c->ftp_data_opened,
+			 (unsigned long long)c->ftp_data_connected,
+			 (unsigned long long)c->ftp_data_expired,
+			 (unsigned long long)c->ftp_data_refused,
+			 (unsigned long long)c->ftp_commands_refused);
 }
 
 static int run(const struct config *cfg, unsigned long fd_limit)
@@ -305,7 +323,7 @@ static int run(const struct config *cfg, unsigned long fd_limit)
 	worker_pool_close(pool);
 	struct relay_counters totals;
 	worker_pool_counters(pool, &totals);
-	log_totals(&totals);
+	log_totals(cfg, &totals);
 	event_free(sigint);
 	event_free(sigterm);
 	event_free(sighup);

@@ -87,6 +87,18 @@ bool net_addr_is_wildcard(const struct net_addr *addr)
 	return false;
 }
 
+void net_addr_unmap(struct net_addr *addr)
+{
+	if (addr->ss.ss_family != AF_INET6)
+		return;
+	const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)&addr->ss;
+	if (!IN6_IS_ADDR_V4MAPPED(&sin6->sin6_addr))
+		return;
+	struct sockaddr_in sin = { .sin_family = AF_INET, .sin_port = sin6->sin6_port };
+	memcpy(&sin.sin_addr, &sin6->sin6_addr.s6_addr[12], 4);
+	net_addr_set(addr, (const struct sockaddr *)&sin, sizeof sin);
+}
+
 bool net_addr_same_ip(const struct net_addr *a, const struct net_addr *b)
 {
 	if (a->ss.ss_family != b->ss.ss_family)
@@ -193,6 +205,11 @@ int net_listen_tcp(const struct net_addr *addr, int backlog, enum net_share shar
 
 int net_connect_tcp(const struct net_addr *addr)
 {
+	return net_connect_tcp_from(addr, NULL);
+}
+
+int net_connect_tcp_from(const struct net_addr *addr, const struct net_addr *source)
+{
 	int fd = socket(addr->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return -1;
@@ -200,10 +217,25 @@ int net_connect_tcp(const struct net_addr *addr)
 	int on = 1;
 	/* The relay forwards what it has at once; Nagle would only add delay. */
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
+	if (source != NULL) {
+		struct net_addr local = *source;
+		net_addr_set_port(&local, 0);
+		/* The port is chosen at connect(), per destination, as without bind. */
+		setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &on, sizeof on);
+		if (bind(fd, (const struct sockaddr *)&local.ss, local.len) < 0)
+			return net_close_failed(fd);
+	}
 	if (connect(fd, (const struct sockaddr *)&addr->ss, addr->len) < 0 &&
 	    errno != EINPROGRESS)
 		return net_close_failed(fd);
 	return fd;
+}
+
+int net_local_addr(int fd, struct net_addr *out)
+{
+	out->len = sizeof out->ss;
+	memset(&out->ss, 0, sizeof out->ss);
+	return getsockname(fd, (struct sockaddr *)&out->ss, &out->len);
 }
 
 int net_socket_error(int fd)

@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "portrelay/config.h"
+#include "portrelay/ftp_helper.h"
 #include "portrelay/listener.h"
 #include "portrelay/log.h"
 #include "portrelay/pump.h"
@@ -56,12 +57,20 @@ struct tcp_session {
 	union net_sockaddr client_addr;
 	socklen_t client_addr_len;
 	uint16_t external_port;       /* the forward's port it came in on */
+	/* An FTP data connection the server opened (active mode): sides swapped. */
+	bool accepted_from_server;
 	uint64_t started_ms;              /* relay_now_ms() */
 	uint64_t last_active_ms;
+	/* The FTP helper of a control connection (ftp = true), else NULL. */
+	struct ftp_helper *ftp;
+	/* An FTP data connection's target, decided by the helper, else NULL. */
+	struct net_addr *data_target;
 };
 
 static void session_on_socket(evutil_socket_t fd, short what, void *arg);
 static void session_on_timer(evutil_socket_t fd, short what, void *arg);
+static void session_connect(struct tcp_session *session, const struct net_addr *target,
+			    const struct net_addr *source);
 
 /* Changes what an endpoint waits for; libevent batches the epoll updates. */
 static void endpoint_watch(struct tcp_session *session, struct endpoint *endpoint, short interest)
@@ -88,14 +97,33 @@ static void endpoint_close(struct endpoint *endpoint, bool reset)
 	endpoint->fd = -1;
 }
 
+/* Bytes towards the internal side: an active FTP data connection runs the other way. */
+static uint64_t session_bytes_to_internal(const struct tcp_session *session)
+{
+	if (session->ftp != NULL)
+		return ftp_helper_bytes_to_internal(session->ftp);
+	return session->accepted_from_server ? session->to_client.bytes
+					     : session->to_internal.bytes;
+}
+
+static uint64_t session_bytes_to_client(const struct tcp_session *session)
+{
+	if (session->ftp != NULL)
+		return ftp_helper_bytes_to_client(session->ftp);
+	return session->accepted_from_server ? session->to_internal.bytes
+					     : session->to_client.bytes;
+}
+
 static void session_close(struct tcp_session *session, bool reset_client, bool reset_internal)
 {
 	struct relay_ctx *ctx = session->ctx;
 
 	TAILQ_REMOVE(&ctx->sessions, session, link);
 	ctx->session_count--;
-	ctx->counters.bytes_to_internal += session->to_internal.bytes;
-	ctx->counters.bytes_to_client += session->to_client.bytes;
+	ctx->counters.bytes_to_internal += session_bytes_to_internal(session);
+	ctx->counters.bytes_to_client += session_bytes_to_client(session);
+	ftp_helper_free(session->ftp);
+	free(session->data_target);
 
 	endpoint_close(&session->client, reset_client);
 	endpoint_close(&session->internal, reset_internal);
@@ -115,6 +143,8 @@ void tcp_session_free(struct tcp_session *session)
 static const char *session_internal_text(const struct tcp_session *session, char *buf,
 					 size_t len)
 {
+	if (session->data_target != NULL)
+		return net_addr_format(session->data_target, buf, len);
 	struct net_addr addr = forward_internal_addr(session->forward, session->external_port);
 	return net_addr_format(&addr, buf, len);
 }
@@ -133,13 +163,16 @@ static void session_end(struct tcp_session *session, const char *reason, bool re
 	if (log_enabled(LOG_LEVEL_DEBUG)) {
 		char client[NET_ADDR_STRLEN], internal[NET_ADDR_STRLEN];
 		double elapsed = (double)(relay_now_ms() - session->started_ms) / 1000.0;
+		const char *kind = session->data_target == NULL ? "tcp"
+				   : session->accepted_from_server ? "ftp active data"
+								   : "ftp passive data";
 		log_debug(session->forward->name,
-			  "tcp closed %s -> %s: %llu bytes to internal, %llu bytes to client, "
-			  "%.3f s, %s",
+			  "%s closed %s -> %s: %llu bytes to internal, %llu bytes to client, "
+			  "%.3f s, %s", kind,
 			  session_client_text(session, client, sizeof client),
 			  session_internal_text(session, internal, sizeof internal),
-			  (unsigned long long)session->to_internal.bytes,
-			  (unsigned long long)session->to_client.bytes, elapsed,
+			  (unsigned long long)session_bytes_to_internal(session),
+			  (unsigned long long)session_bytes_to_client(session), elapsed,
 			  reason);
 	}
 	session_close(session, reset_client, reset_internal);
@@ -233,9 +266,46 @@ static bool session_pump(struct tcp_session *session, struct pump *pump,
 	return true;
 }
 
+/* A control connection of an ftp forward: the helper moves its bytes. */
+static void session_relay_ftp(struct tcp_session *session)
+{
+	struct ftp_helper_status status;
+	uint64_t before = ftp_helper_bytes_to_internal(session->ftp) +
+			  ftp_helper_bytes_to_client(session->ftp);
+	ftp_helper_run(session->ftp, &status);
+	if (ftp_helper_bytes_to_internal(session->ftp) + ftp_helper_bytes_to_client(session->ftp) !=
+	    before)
+		session->last_active_ms = relay_now_ms();
+	if (status.error != 0) {
+		session_fail_on(session, status.error_from_client, status.error);
+		return;
+	}
+	if (status.failure != NULL) {
+		char reason[96];
+		snprintf(reason, sizeof reason, "ftp: %s", status.failure);
+		log_info(session->forward->name, "ftp: ending the control connection: %s",
+			 status.failure);
+		session_end(session, reason, false, false);
+		return;
+	}
+	if (status.done) {
+		session_end(session, "closed", false, false);
+		return;
+	}
+	/* As with the pumps: a socket not otherwise watched is watched for a reset. */
+	short client = status.client_events, internal = status.internal_events;
+	endpoint_watch(session, &session->client, client != 0 ? client : EV_READ | EV_ET);
+	endpoint_watch(session, &session->internal, internal != 0 ? internal : EV_READ | EV_ET);
+}
+
 static void session_relay(struct tcp_session *session, short client_events, short internal_events)
 {
 	int client_fd = session->client.fd, internal_fd = session->internal.fd;
+
+	if (session->ftp != NULL) {
+		session_relay_ftp(session);
+		return;
+	}
 
 	if ((client_events & EV_READ) || (internal_events & EV_WRITE)) {
 		if (!session_pump(session, &session->to_internal, &session->to_internal_status,
@@ -280,6 +350,15 @@ static void session_connected(struct tcp_session *session)
 	if (error != 0) {
 		session_connect_failed(session, error);
 		return;
+	}
+	if (session->forward->ftp && session->data_target == NULL) {
+		session->ftp = ftp_helper_new(session->ctx, session->forward, session->client.fd,
+					      session->internal.fd, tcp_session_start_data);
+		if (session->ftp == NULL) {
+			session->ctx->counters.tcp_reset++;
+			session_end(session, "ftp: cannot set up the helper", true, true);
+			return;
+		}
 	}
 	session->state = SESSION_RELAYING;
 	session->last_active_ms = relay_now_ms();
@@ -376,7 +455,35 @@ void tcp_session_start(struct relay_ctx *ctx, const struct forward *fwd, uint16_
 
 	session->external_port = port;
 	struct net_addr internal_addr = forward_internal_addr(fwd, port);
-	session->internal.fd = net_connect_tcp(&internal_addr);
+	session_connect(session, &internal_addr, NULL);
+}
+
+void tcp_session_start_data(struct relay_ctx *ctx, const struct forward *fwd,
+			    const struct ftp_data_channel *channel)
+{
+	struct net_addr *target = malloc(sizeof *target);
+	struct tcp_session *session = target != NULL ? session_new(ctx, fwd, channel->accepted_fd,
+								   &channel->accepted_addr)
+						     : NULL;
+	if (session == NULL) {
+		free(target);
+		log_warn(fwd->name, "out of memory for an ftp data connection; closing it");
+		net_close_reset(channel->accepted_fd);
+		return;
+	}
+	*target = channel->target;
+	session->data_target = target;
+	session->accepted_from_server = channel->accepted_from_server;
+	session->external_port = fwd->external_port_first;
+	session_connect(session, target, &channel->source);
+}
+
+/* Starts the connection towards target, from source if not NULL. */
+static void session_connect(struct tcp_session *session, const struct net_addr *target,
+			    const struct net_addr *source)
+{
+	struct relay_ctx *ctx = session->ctx;
+	session->internal.fd = net_connect_tcp_from(target, source);
 	if (session->internal.fd < 0) {
 		int error = errno;
 		if (error == EMFILE || error == ENFILE)

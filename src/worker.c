@@ -212,6 +212,11 @@ void worker_pool_counters(const struct worker_pool *pool, struct relay_counters 
 		sum->udp_dropped_send += c->udp_dropped_send;
 		sum->udp_refused += c->udp_refused;
 		sum->udp_flow_failed += c->udp_flow_failed;
+		sum->ftp_data_opened += c->ftp_data_opened;
+		sum->ftp_data_connected += c->ftp_data_connected;
+		sum->ftp_data_expired += c->ftp_data_expired;
+		sum->ftp_data_refused += c->ftp_data_refused;
+		sum->ftp_commands_refused += c->ftp_commands_refused;
 	}
 }
 

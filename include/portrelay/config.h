@@ -53,6 +53,14 @@ struct forward {
 	bool enabled;
 	/* Seconds a UDP flow of this forward lives idle; udp.idle_timeout unless set. */
 	double udp_idle_timeout;
+	/* The FTP helper watches this forward's control connections (tcp only). */
+	bool ftp;
+	/*
+	 * Ports the helper's data listeners bind: ftp_data_ports, else
+	 * ftp.data_ports (filled in by config_finish); 0-0 lets the kernel pick.
+	 */
+	uint16_t ftp_data_port_first;
+	uint16_t ftp_data_port_last;
 	/* Where it came from, for messages: "etc/x.conf:12" or "-L 'tcp:...'". */
 	char origin[CONFIG_ORIGIN_MAX];
 };
@@ -67,6 +75,9 @@ struct config {
 	unsigned busy_poll_us;              /* keep polling this long after traffic; 0 = off */
 	double udp_idle_timeout;            /* seconds, default 60 */
 	unsigned udp_max_flows;             /* per forward, default 65536 */
+	uint16_t ftp_data_port_first;       /* ftp.data_ports; 0-0 (default): the kernel picks */
+	uint16_t ftp_data_port_last;
+	double ftp_data_timeout;            /* seconds a data listener waits, default 30 */
 
 	struct forward *forwards;           /* enabled and disabled, in order */
 	size_t forward_count;

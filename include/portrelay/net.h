@@ -49,6 +49,8 @@ uint16_t net_addr_port(const struct net_addr *addr);
 void net_addr_set_port(struct net_addr *addr, uint16_t port);
 int net_addr_family(const struct net_addr *addr);
 bool net_addr_is_wildcard(const struct net_addr *addr);
+/* An IPv4-mapped IPv6 address (::ffff:192.0.2.1) becomes plain IPv4; others stay. */
+void net_addr_unmap(struct net_addr *addr);
 /* Same family and address bytes; ports ignored. */
 bool net_addr_same_ip(const struct net_addr *a, const struct net_addr *b);
 
@@ -97,6 +99,15 @@ int net_bind_udp(const struct net_addr *addr, enum net_share share);
 
 /* A non-blocking UDP socket connected to addr; -1 with errno set. */
 int net_connect_udp(const struct net_addr *addr);
+
+/*
+ * net_connect_tcp from a given local address (any port): the relay's FTP
+ * data connections leave from the address their control connection uses.
+ */
+int net_connect_tcp_from(const struct net_addr *addr, const struct net_addr *source);
+
+/* The local address of a socket (getsockname); -1 with errno set. */
+int net_local_addr(int fd, struct net_addr *out);
 
 /* The pending error of a socket (SO_ERROR), 0 if none. */
 int net_socket_error(int fd);

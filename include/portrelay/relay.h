@@ -45,6 +45,12 @@ struct relay_counters {
 	uint64_t udp_dropped_send;         /* send failed: buffer full, too big, ... */
 	uint64_t udp_refused;              /* ICMP port unreachable from the internal host */
 	uint64_t udp_flow_failed;          /* no socket for a new flow (fds, memory) */
+
+	uint64_t ftp_data_opened;          /* data listeners opened for PASV/EPSV/PORT/EPRT */
+	uint64_t ftp_data_connected;       /* ... that got their connection */
+	uint64_t ftp_data_expired;         /* ... closed unused after ftp.data_timeout */
+	uint64_t ftp_data_refused;         /* connections to them from a foreign address */
+	uint64_t ftp_commands_refused;     /* answered by the relay, never passed on */
 };
 
 /*
@@ -86,6 +92,10 @@ struct relay_ctx {
 	 * while it keeps changing.
 	 */
 	uint64_t activity;
+	/* The FTP helper's: where data port searches start, warnings' rate limit. */
+	uint32_t ftp_port_cursor;
+	uint64_t ftp_warned_ms;
+	uint64_t ftp_warn_suppressed;
 	/* Timeouts converted once from the configuration. */
 	struct timeval tcp_connect_timeout;
 	struct timeval tcp_idle_timeout;   /* zero: no idle timeout */

@@ -26,6 +26,14 @@ struct tcp_session;
 void tcp_session_start(struct relay_ctx *ctx, const struct forward *fwd, uint16_t port,
 		       int client_fd, const struct net_addr *client_addr);
 
+/*
+ * An FTP data connection (ftp_helper.h): takes ownership of the accepted
+ * socket and connects to the target the helper decided, from its source.
+ */
+struct ftp_data_channel;
+void tcp_session_start_data(struct relay_ctx *ctx, const struct forward *fwd,
+			    const struct ftp_data_channel *channel);
+
 /* Frees a session without logging, for shutdown. */
 void tcp_session_free(struct tcp_session *session);
 

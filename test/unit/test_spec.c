@@ -208,7 +208,7 @@ static void test_malformed_specs_are_rejected(void **state)
 		{ "tcp:80:h", "expected PROTO:[EXT_ADDR:]EXT_PORT:INT_HOST:INT_PORT" },
 		{ "tcp:1.2.3.4:80:h:80:9", "expected PROTO:" },
 		{ "tcp:::1:80:h:80", "(write IPv6 addresses in brackets)" },
-		{ "sctp:80:h:80", "unknown protocol \"sctp\" (tcp, udp or both)" },
+		{ "sctp:80:h:80", "unknown protocol \"sctp\" (tcp, udp, both or ftp)" },
 		{ "TCP:80:h:80", "unknown protocol \"TCP\"" },
 		{ ":80:h:80", "unknown protocol \"\"" },
 		{ "[tcp]:80:h:80", "unknown protocol \"tcp\"" },
