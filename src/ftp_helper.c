@@ -23,6 +23,11 @@
 /* At most one warning per second per worker about refused data connections. */
 #define FTP_WARN_INTERVAL_MS 1000
 
+struct ftp_link {
+	unsigned refs;        /* the helper, and each data connection */
+	unsigned data_open;
+};
+
 struct ftp_data_listener {
 	struct ftp_helper *owner;
 	int fd;
@@ -39,6 +44,7 @@ struct ftp_helper {
 	const struct forward *forward;
 	ftp_data_start_fn start_data;
 	struct ftp_filter *filter;
+	struct ftp_link *link;
 	int fd[2];                      /* indexed by enum ftp_side */
 	struct net_addr peer[2];        /* the client's and the server's addresses */
 	struct net_addr local[2];       /* the relay's address facing each */
@@ -129,7 +135,10 @@ static void ftp_listener_on_accept(evutil_socket_t fd, short what, void *arg)
 			.target = listener->target,
 			.source = listener->source,
 			.accepted_from_server = listener->for_server,
+			.link = h->link,
 		};
+		h->link->refs++;
+		h->link->data_open++;
 		struct relay_ctx *ctx = h->ctx;
 		const struct forward *fwd = h->forward;
 		ftp_data_start_fn start = h->start_data;
@@ -298,11 +307,32 @@ struct ftp_helper *ftp_helper_new(struct relay_ctx *ctx, const struct forward *f
 		.arg = h,
 	};
 	h->filter = ftp_filter_new(&params, &hooks);
-	if (h->filter == NULL) {
+	h->link = calloc(1, sizeof *h->link);
+	if (h->filter == NULL || h->link == NULL) {
+		ftp_filter_free(h->filter);
+		free(h->link);
 		free(h);
 		return NULL;
 	}
+	h->link->refs = 1;
 	return h;
+}
+
+static void ftp_link_put(struct ftp_link *link)
+{
+	if (--link->refs == 0)
+		free(link);
+}
+
+void ftp_link_data_closed(struct ftp_link *link)
+{
+	link->data_open--;
+	ftp_link_put(link);
+}
+
+bool ftp_helper_data_active(const struct ftp_helper *h)
+{
+	return h->link->data_open > 0;
 }
 
 void ftp_helper_free(struct ftp_helper *h)
@@ -314,6 +344,7 @@ void ftp_helper_free(struct ftp_helper *h)
 			ftp_listener_close(h->listeners[i]);
 	}
 	ftp_filter_free(h->filter);
+	ftp_link_put(h->link);
 	free(h);
 }
 

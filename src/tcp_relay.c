@@ -63,8 +63,14 @@ struct tcp_session {
 	uint64_t last_active_ms;
 	/* The FTP helper of a control connection (ftp = true), else NULL. */
 	struct ftp_helper *ftp;
-	/* An FTP data connection's target, decided by the helper, else NULL. */
-	struct net_addr *data_target;
+	/* An FTP data connection's target and link, decided by the helper, else NULL. */
+	struct session_data *data;
+};
+
+/* What an FTP data connection carries beyond an ordinary session. */
+struct session_data {
+	struct net_addr target;
+	struct ftp_link *link;
 };
 
 static void session_on_socket(evutil_socket_t fd, short what, void *arg);
@@ -123,7 +129,10 @@ static void session_close(struct tcp_session *session, bool reset_client, bool r
 	ctx->counters.bytes_to_internal += session_bytes_to_internal(session);
 	ctx->counters.bytes_to_client += session_bytes_to_client(session);
 	ftp_helper_free(session->ftp);
-	free(session->data_target);
+	if (session->data != NULL) {
+		ftp_link_data_closed(session->data->link);
+		free(session->data);
+	}
 
 	endpoint_close(&session->client, reset_client);
 	endpoint_close(&session->internal, reset_internal);
@@ -143,8 +152,8 @@ void tcp_session_free(struct tcp_session *session)
 static const char *session_internal_text(const struct tcp_session *session, char *buf,
 					 size_t len)
 {
-	if (session->data_target != NULL)
-		return net_addr_format(session->data_target, buf, len);
+	if (session->data != NULL)
+		return net_addr_format(&session->data->target, buf, len);
 	struct net_addr addr = forward_internal_addr(session->forward, session->external_port);
 	return net_addr_format(&addr, buf, len);
 }
@@ -163,7 +172,7 @@ static void session_end(struct tcp_session *session, const char *reason, bool re
 	if (log_enabled(LOG_LEVEL_DEBUG)) {
 		char client[NET_ADDR_STRLEN], internal[NET_ADDR_STRLEN];
 		double elapsed = (double)(relay_now_ms() - session->started_ms) / 1000.0;
-		const char *kind = session->data_target == NULL ? "tcp"
+		const char *kind = session->data == NULL ? "tcp"
 				   : session->accepted_from_server ? "ftp active data"
 								   : "ftp passive data";
 		log_debug(session->forward->name,
@@ -351,7 +360,7 @@ static void session_connected(struct tcp_session *session)
 		session_connect_failed(session, error);
 		return;
 	}
-	if (session->forward->ftp && session->data_target == NULL) {
+	if (session->forward->ftp && session->data == NULL) {
 		session->ftp = ftp_helper_new(session->ctx, session->forward, session->client.fd,
 					      session->internal.fd, tcp_session_start_data);
 		if (session->ftp == NULL) {
@@ -407,6 +416,9 @@ static void session_on_timer(evutil_socket_t fd, short what, void *arg)
 	 * The timer is not re-armed on every byte (that would cost a heap update
 	 * per read); it fires once per period and checks when traffic last moved.
 	 */
+	/* A control connection is not idle while its data connections carry a transfer. */
+	if (session->ftp != NULL && ftp_helper_data_active(session->ftp))
+		session->last_active_ms = relay_now_ms();
 	uint64_t idle_ms = relay_now_ms() - session->last_active_ms;
 	if (idle_ms >= session->ctx->tcp_idle_timeout_ms) {
 		session->ctx->counters.tcp_idle_closed++;
@@ -461,21 +473,23 @@ void tcp_session_start(struct relay_ctx *ctx, const struct forward *fwd, uint16_
 void tcp_session_start_data(struct relay_ctx *ctx, const struct forward *fwd,
 			    const struct ftp_data_channel *channel)
 {
-	struct net_addr *target = malloc(sizeof *target);
-	struct tcp_session *session = target != NULL ? session_new(ctx, fwd, channel->accepted_fd,
-								   &channel->accepted_addr)
-						     : NULL;
+	struct session_data *data = malloc(sizeof *data);
+	struct tcp_session *session = data != NULL ? session_new(ctx, fwd, channel->accepted_fd,
+								 &channel->accepted_addr)
+						   : NULL;
 	if (session == NULL) {
-		free(target);
+		free(data);
+		ftp_link_data_closed(channel->link);
 		log_warn(fwd->name, "out of memory for an ftp data connection; closing it");
 		net_close_reset(channel->accepted_fd);
 		return;
 	}
-	*target = channel->target;
-	session->data_target = target;
+	data->target = channel->target;
+	data->link = channel->link;
+	session->data = data;
 	session->accepted_from_server = channel->accepted_from_server;
 	session->external_port = fwd->external_port_first;
-	session_connect(session, target, &channel->source);
+	session_connect(session, &data->target, &channel->source);
 }
 
 /* Starts the connection towards target, from source if not NULL. */

@@ -24,6 +24,12 @@
 struct relay_ctx;
 struct forward;
 struct ftp_helper;
+/*
+ * What a control connection and its data connections share: whether data
+ * is flowing, so that a long transfer keeps its idle control connection
+ * alive (tcp.idle_timeout), as a router's connection tracking does.
+ */
+struct ftp_link;
 
 /* Pending data listeners per control connection; a new one closes the oldest. */
 #define FTP_DATA_LISTENERS_MAX 4
@@ -35,6 +41,7 @@ struct ftp_data_channel {
 	struct net_addr target;        /* where the relay connects for it */
 	struct net_addr source;        /* the relay's local address for that connect */
 	bool accepted_from_server;     /* active mode: the server connected */
+	struct ftp_link *link;         /* a reference: give it back with ftp_link_data_closed */
 };
 
 /* Takes ownership of channel->accepted_fd. */
@@ -63,6 +70,12 @@ struct ftp_helper_status {
 
 /* Moves what can be moved now, both ways. */
 void ftp_helper_run(struct ftp_helper *helper, struct ftp_helper_status *status);
+
+/* A data connection has ended: drops its reference to the link. */
+void ftp_link_data_closed(struct ftp_link *link);
+
+/* Whether any data connection of this control connection is open. */
+bool ftp_helper_data_active(const struct ftp_helper *helper);
 
 /* Bytes delivered to the internal side and to the client so far. */
 uint64_t ftp_helper_bytes_to_internal(const struct ftp_helper *helper);
