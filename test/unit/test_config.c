@@ -924,6 +924,116 @@ static void test_config_free_resets_to_defaults(void **state)
 	assert_int_equal(env->cfg.log_level, LOG_LEVEL_INFO);
 }
 
+/* ---- the FTP helper's fields --------------------------------------------- */
+
+static void test_ftp_fields_are_read_and_the_global_range_is_inherited(void **state)
+{
+	struct env *env = *state;
+
+	assert_int_equal(load_and_finish(env,
+		"ftp = { data_ports = \"30000-30999\"; data_timeout = 12.5; };\n"   /* 1 */
+		"forwards = (\n"                                                    /* 2 */
+		"  { name = \"a\"; protocol = \"tcp\"; external_port = 21;\n"       /* 3 */
+		"    internal_ip = \"127.0.0.1\"; ftp = true; },\n"                 /* 4 */
+		"  { name = \"b\"; protocol = \"tcp\"; external_port = 2121;\n"     /* 5 */
+		"    internal_ip = \"127.0.0.1\"; ftp = true;\n"                    /* 6 */
+		"    ftp_data_ports = \"40000-40009\"; },\n"                        /* 7 */
+		"  { name = \"c\"; protocol = \"tcp\"; external_port = 80;\n"       /* 8 */
+		"    internal_ip = \"127.0.0.1\"; }\n"                              /* 9 */
+		");\n"), 0);
+	assert_int_equal(env->cfg.ftp_data_port_first, 30000);
+	assert_int_equal(env->cfg.ftp_data_port_last, 30999);
+	assert_true(env->cfg.ftp_data_timeout == 12.5);
+	const struct forward *a = &env->cfg.forwards[0], *b = &env->cfg.forwards[1];
+	const struct forward *c = &env->cfg.forwards[2];
+	assert_true(a->ftp);
+	assert_int_equal(a->ftp_data_port_first, 30000);
+	assert_int_equal(a->ftp_data_port_last, 30999);
+	assert_true(b->ftp);
+	assert_int_equal(b->ftp_data_port_first, 40000);
+	assert_int_equal(b->ftp_data_port_last, 40009);
+	assert_false(c->ftp);
+	assert_int_equal(c->ftp_data_port_first, 0);
+
+	char line[512];
+	assert_non_null(strstr(forward_describe(a, line, sizeof line),
+			       "ftp helper, data ports 30000-30999"));
+	assert_null(strstr(forward_describe(c, line, sizeof line), "ftp"));
+}
+
+static void test_ftp_defaults_let_the_kernel_pick_and_wait_30_s(void **state)
+{
+	struct env *env = *state;
+
+	assert_int_equal(load_and_finish(env, ONE_FORWARD(
+		"    protocol = \"tcp\"; external_port = 21; internal_ip = \"127.0.0.1\";\n"
+		"    ftp = true;\n")), 0);
+	assert_true(env->cfg.ftp_data_timeout == 30.0);
+	assert_int_equal(env->cfg.forwards[0].ftp_data_port_first, 0);
+	char line[512];
+	const char *text = forward_describe(&env->cfg.forwards[0], line, sizeof line);
+	assert_non_null(strstr(text, "ftp helper"));
+	assert_null(strstr(text, "data ports"));
+}
+
+static void test_ftp_errors_name_their_line(void **state)
+{
+	struct env *env = *state;
+	static const struct error_case cases[] = {
+		{ ONE_FORWARD("    protocol = \"udp\"; external_port = 21; internal_ip = \"h\";\n"
+			      "    ftp = true;\n"),
+		  4, "ftp = true needs protocol = \"tcp\", not \"udp\"" },
+		{ ONE_FORWARD("    ftp = true;\n"
+			      "    protocol = \"both\"; external_port = 21; internal_ip = \"h\";\n"),
+		  3, "ftp = true needs protocol = \"tcp\", not \"both\"" },
+		{ ONE_FORWARD("    protocol = \"tcp\"; external_port = 21; internal_ip = \"h\";\n"
+			      "    ftp_data_ports = \"30000-30010\";\n"),
+		  4, "ftp_data_ports needs ftp = true" },
+		{ ONE_FORWARD("    protocol = \"tcp\"; external_port = 21; internal_ip = \"h\";\n"
+			      "    ftp = \"yes\";\n"),
+		  4, "ftp must be true or false" },
+		{ ONE_FORWARD("    protocol = \"tcp\"; external_port = 21; internal_ip = \"h\";\n"
+			      "    ftp = true; ftp_data_ports = \"3-1\";\n"),
+		  4, "ftp_data_ports range 3-1 ends before it starts" },
+		{ "ftp = { data_ports = \"0-10\"; };\n", 1, "ftp.data_ports 0 is outside 1-65535" },
+		{ "ftp = { data_timeout = 0; };\n", 1, "ftp.data_timeout must be a number > 0" },
+		{ "ftp = { data_timeout = -1.0; };\n", 1, "ftp.data_timeout must be a number > 0" },
+		{ "ftp = {\n  passive = true;\n};\n", 2, "unknown field \"ftp.passive\"" },
+		{ "ftp = 1;\n", 1, "ftp must be a group" },
+	};
+
+	check_load_errors(env, CASES(cases));
+}
+
+static void test_ftp_data_ports_may_not_overlap_a_forward(void **state)
+{
+	struct env *env = *state;
+
+	assert_int_equal(load_and_finish(env,
+		"forwards = (\n"                                                    /* 1 */
+		"  { name = \"ftp\"; protocol = \"tcp\"; external_port = 21;\n"     /* 2 */
+		"    internal_ip = \"127.0.0.1\"; ftp = true;\n"                    /* 3 */
+		"    ftp_data_ports = \"30000-30009\"; },\n"                        /* 4 */
+		"  { name = \"game\"; protocol = \"both\"; external_port = 30005;\n" /* 5 */
+		"    internal_ip = \"127.0.0.1\"; }\n"                              /* 6 */
+		");\n"), -1);
+	assert_error_at(env, 2, "forward \"ftp\": ftp data ports 30000-30009 overlap the tcp "
+			"ports of forward \"game\"");
+
+	/* On another address, or for UDP only, there is no clash. */
+	config_free(&env->cfg);
+	assert_int_equal(load_and_finish(env,
+		"forwards = (\n"
+		"  { name = \"ftp\"; protocol = \"tcp\"; external_address = \"127.0.0.2\";\n"
+		"    external_port = 21; internal_ip = \"127.0.0.1\"; ftp = true;\n"
+		"    ftp_data_ports = \"30000-30009\"; },\n"
+		"  { name = \"web\"; protocol = \"tcp\"; external_address = \"127.0.0.3\";\n"
+		"    external_port = 30005; internal_ip = \"127.0.0.1\"; },\n"
+		"  { name = \"dns\"; protocol = \"udp\"; external_address = \"127.0.0.2\";\n"
+		"    external_port = 30006; internal_ip = \"127.0.0.1\"; }\n"
+		");\n"), 0);
+}
+
 #define TEST(name) cmocka_unit_test_setup_teardown(name, env_setup, env_teardown)
 
 int main(void)
@@ -964,6 +1074,10 @@ int main(void)
 		TEST(test_duplicate_among_ten_thousand_is_found),
 		TEST(test_proto_names_and_port_counts),
 		TEST(test_config_free_resets_to_defaults),
+		TEST(test_ftp_fields_are_read_and_the_global_range_is_inherited),
+		TEST(test_ftp_defaults_let_the_kernel_pick_and_wait_30_s),
+		TEST(test_ftp_errors_name_their_line),
+		TEST(test_ftp_data_ports_may_not_overlap_a_forward),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

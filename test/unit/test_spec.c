@@ -163,6 +163,20 @@ static void test_both_and_udp_protocols(void **state)
 	assert_int_equal(env->cfg.forward_count, 3);
 }
 
+static void test_ftp_protocol_is_tcp_with_the_helper(void **state)
+{
+	struct env *env = *state;
+
+	const struct forward *fwd = add(env, "ftp:21:192.168.20.142:21");
+	assert_int_equal(fwd->proto, FORWARD_TCP);
+	assert_true(fwd->ftp);
+	assert_string_equal(fwd->name, "ftp:21");
+	fwd = add(env, "ftp:[::1]:2121:[::1]:21");
+	assert_true(fwd->ftp);
+	assert_int_equal(fwd->external_port_first, 2121);
+	assert_false(add(env, "tcp:22:10.0.0.1:22")->ftp);
+}
+
 static void test_external_address_defaults_to_wan_address(void **state)
 {
 	struct env *env = *state;
@@ -338,6 +352,7 @@ int main(void)
 		TEST(test_host_name_is_kept_and_resolved),
 		TEST(test_port_ranges_map_one_to_one),
 		TEST(test_both_and_udp_protocols),
+		TEST(test_ftp_protocol_is_tcp_with_the_helper),
 		TEST(test_external_address_defaults_to_wan_address),
 		TEST(test_external_address_follows_a_changed_wan_address),
 		TEST(test_malformed_specs_are_rejected),
