@@ -116,8 +116,20 @@ static void ftp_listener_on_accept(evutil_socket_t fd, short what, void *arg)
 		struct net_addr peer = { .len = sizeof peer.ss };
 		int data_fd = accept4(fd, (struct sockaddr *)&peer.ss, &peer.len,
 				      SOCK_NONBLOCK | SOCK_CLOEXEC);
-		if (data_fd < 0)
-			return;   /* EAGAIN, or a failure the timeout will end */
+		if (data_fd < 0) {
+			if (errno == EAGAIN || errno == EWOULDBLOCK)
+				return;
+			if (errno == ECONNABORTED || errno == EINTR || errno == EPROTO)
+				continue;
+			/*
+			 * Out of descriptors or memory: the listener would stay readable
+			 * and spin the loop until its timeout. This data connection fails.
+			 */
+			log_warn(h->forward->name, "ftp: cannot accept a data connection: %s",
+				 strerror(errno));
+			ftp_listener_close(listener);
+			return;
+		}
 		net_addr_unmap(&peer);
 		if (!net_addr_same_ip(&peer, &listener->allowed_peer)) {
 			char from[NET_ADDR_STRLEN], why[2 * NET_ADDR_STRLEN + 64];
