@@ -232,6 +232,7 @@ static int ftp_listener_open(struct ftp_helper *h, enum ftp_side facing,
 	while (slot < FTP_DATA_LISTENERS_MAX && h->listeners[slot] != NULL)
 		slot++;
 	if (slot == FTP_DATA_LISTENERS_MAX) {
+		h->ctx->counters.ftp_data_dropped++;
 		ftp_listener_close(h->listeners[0]);
 		memmove(&h->listeners[0], &h->listeners[1],
 			(FTP_DATA_LISTENERS_MAX - 1) * sizeof h->listeners[0]);
@@ -352,8 +353,10 @@ void ftp_helper_free(struct ftp_helper *h)
 	if (h == NULL)
 		return;
 	for (int i = 0; i < FTP_DATA_LISTENERS_MAX; i++) {
-		if (h->listeners[i] != NULL)
+		if (h->listeners[i] != NULL) {
+			h->ctx->counters.ftp_data_dropped++;
 			ftp_listener_close(h->listeners[i]);
+		}
 	}
 	ftp_filter_free(h->filter);
 	ftp_link_put(h->link);

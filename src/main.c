@@ -284,11 +284,13 @@ static void log_totals(const struct config *cfg, const struct relay_counters *c)
 		 (unsigned long long)c->udp_dropped_send, (unsigned long long)c->udp_refused);
 	if (uses_ftp(cfg))
 		log_info(NULL, "stopped. ftp: %llu data listeners (%llu connected, %llu expired "
-			 "unused), %llu data connections from a foreign address refused, %llu "
-			 "commands refused",
+			 "unused, %llu closed unused with their control connection or replaced), "
+			 "%llu data connections from a foreign address refused, %llu commands "
+			 "refused",
 			 (unsigned long long)c->ftp_data_opened,
 			 (unsigned long long)c->ftp_data_connected,
 			 (unsigned long long)c->ftp_data_expired,
+			 (unsigned long long)c->ftp_data_dropped,
 			 (unsigned long long)c->ftp_data_refused,
 			 (unsigned long long)c->ftp_commands_refused);
 }

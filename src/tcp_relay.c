@@ -57,21 +57,37 @@ struct tcp_session {
 	union net_sockaddr client_addr;
 	socklen_t client_addr_len;
 	uint16_t external_port;       /* the forward's port it came in on */
-	/* An FTP data connection the server opened (active mode): sides swapped. */
-	bool accepted_from_server;
+	unsigned char kind;               /* enum session_kind */
 	uint64_t started_ms;              /* relay_now_ms() */
 	uint64_t last_active_ms;
-	/* The FTP helper of a control connection (ftp = true), else NULL. */
-	struct ftp_helper *ftp;
-	/* An FTP data connection's target and link, decided by the helper, else NULL. */
-	struct session_data *data;
 };
 
-/* What an FTP data connection carries beyond an ordinary session. */
-struct session_data {
-	struct net_addr target;
-	struct ftp_link *link;
+enum session_kind {
+	SESSION_PLAIN,
+	SESSION_FTP_CONTROL,       /* a control connection of an ftp forward */
+	SESSION_FTP_DATA,          /* an FTP data connection the client opened (passive) */
+	SESSION_FTP_DATA_ACTIVE,   /* ... the server opened (active): sides swapped */
 };
+
+/*
+ * What an FTP session carries beyond an ordinary one, in the same
+ * allocation, right after it: sessions of other forwards do not pay for it.
+ */
+struct session_ftp {
+	struct ftp_helper *helper;   /* control: the helper moving its bytes */
+	struct net_addr target;      /* data: where the helper sent it */
+	struct ftp_link *link;       /* data: shared with its control connection */
+};
+
+static struct session_ftp *session_ftp(const struct tcp_session *session)
+{
+	return session->kind == SESSION_PLAIN ? NULL : (struct session_ftp *)(session + 1);
+}
+
+static struct ftp_helper *session_helper(const struct tcp_session *session)
+{
+	return session->kind == SESSION_FTP_CONTROL ? session_ftp(session)->helper : NULL;
+}
 
 static void session_on_socket(evutil_socket_t fd, short what, void *arg);
 static void session_on_timer(evutil_socket_t fd, short what, void *arg);
@@ -106,18 +122,18 @@ static void endpoint_close(struct endpoint *endpoint, bool reset)
 /* Bytes towards the internal side: an active FTP data connection runs the other way. */
 static uint64_t session_bytes_to_internal(const struct tcp_session *session)
 {
-	if (session->ftp != NULL)
-		return ftp_helper_bytes_to_internal(session->ftp);
-	return session->accepted_from_server ? session->to_client.bytes
-					     : session->to_internal.bytes;
+	if (session_helper(session) != NULL)
+		return ftp_helper_bytes_to_internal(session_helper(session));
+	return session->kind == SESSION_FTP_DATA_ACTIVE ? session->to_client.bytes
+							: session->to_internal.bytes;
 }
 
 static uint64_t session_bytes_to_client(const struct tcp_session *session)
 {
-	if (session->ftp != NULL)
-		return ftp_helper_bytes_to_client(session->ftp);
-	return session->accepted_from_server ? session->to_internal.bytes
-					     : session->to_client.bytes;
+	if (session_helper(session) != NULL)
+		return ftp_helper_bytes_to_client(session_helper(session));
+	return session->kind == SESSION_FTP_DATA_ACTIVE ? session->to_internal.bytes
+							: session->to_client.bytes;
 }
 
 static void session_close(struct tcp_session *session, bool reset_client, bool reset_internal)
@@ -128,11 +144,10 @@ static void session_close(struct tcp_session *session, bool reset_client, bool r
 	ctx->session_count--;
 	ctx->counters.bytes_to_internal += session_bytes_to_internal(session);
 	ctx->counters.bytes_to_client += session_bytes_to_client(session);
-	ftp_helper_free(session->ftp);
-	if (session->data != NULL) {
-		ftp_link_data_closed(session->data->link);
-		free(session->data);
-	}
+	if (session->kind == SESSION_FTP_CONTROL)
+		ftp_helper_free(session_ftp(session)->helper);
+	else if (session->kind != SESSION_PLAIN)
+		ftp_link_data_closed(session_ftp(session)->link);
 
 	endpoint_close(&session->client, reset_client);
 	endpoint_close(&session->internal, reset_internal);
@@ -152,8 +167,8 @@ void tcp_session_free(struct tcp_session *session)
 static const char *session_internal_text(const struct tcp_session *session, char *buf,
 					 size_t len)
 {
-	if (session->data != NULL)
-		return net_addr_format(&session->data->target, buf, len);
+	if (session->kind == SESSION_FTP_DATA || session->kind == SESSION_FTP_DATA_ACTIVE)
+		return net_addr_format(&session_ftp(session)->target, buf, len);
 	struct net_addr addr = forward_internal_addr(session->forward, session->external_port);
 	return net_addr_format(&addr, buf, len);
 }
@@ -172,9 +187,9 @@ static void session_end(struct tcp_session *session, const char *reason, bool re
 	if (log_enabled(LOG_LEVEL_DEBUG)) {
 		char client[NET_ADDR_STRLEN], internal[NET_ADDR_STRLEN];
 		double elapsed = (double)(relay_now_ms() - session->started_ms) / 1000.0;
-		const char *kind = session->data == NULL ? "tcp"
-				   : session->accepted_from_server ? "ftp active data"
-								   : "ftp passive data";
+		const char *kind = session->kind == SESSION_FTP_DATA ? "ftp passive data"
+				   : session->kind == SESSION_FTP_DATA_ACTIVE ? "ftp active data"
+									      : "tcp";
 		log_debug(session->forward->name,
 			  "%s closed %s -> %s: %llu bytes to internal, %llu bytes to client, "
 			  "%.3f s, %s", kind,
@@ -278,12 +293,11 @@ static bool session_pump(struct tcp_session *session, struct pump *pump,
 /* A control connection of an ftp forward: the helper moves its bytes. */
 static void session_relay_ftp(struct tcp_session *session)
 {
+	struct ftp_helper *helper = session_helper(session);
 	struct ftp_helper_status status;
-	uint64_t before = ftp_helper_bytes_to_internal(session->ftp) +
-			  ftp_helper_bytes_to_client(session->ftp);
-	ftp_helper_run(session->ftp, &status);
-	if (ftp_helper_bytes_to_internal(session->ftp) + ftp_helper_bytes_to_client(session->ftp) !=
-	    before)
+	uint64_t before = ftp_helper_bytes_to_internal(helper) + ftp_helper_bytes_to_client(helper);
+	ftp_helper_run(helper, &status);
+	if (ftp_helper_bytes_to_internal(helper) + ftp_helper_bytes_to_client(helper) != before)
 		session->last_active_ms = relay_now_ms();
 	if (status.error != 0) {
 		session_fail_on(session, status.error_from_client, status.error);
@@ -311,7 +325,7 @@ static void session_relay(struct tcp_session *session, short client_events, shor
 {
 	int client_fd = session->client.fd, internal_fd = session->internal.fd;
 
-	if (session->ftp != NULL) {
+	if (session->kind == SESSION_FTP_CONTROL) {
 		session_relay_ftp(session);
 		return;
 	}
@@ -360,10 +374,12 @@ static void session_connected(struct tcp_session *session)
 		session_connect_failed(session, error);
 		return;
 	}
-	if (session->forward->ftp && session->data == NULL) {
-		session->ftp = ftp_helper_new(session->ctx, session->forward, session->client.fd,
-					      session->internal.fd, tcp_session_start_data);
-		if (session->ftp == NULL) {
+	if (session->kind == SESSION_FTP_CONTROL) {
+		struct ftp_helper *helper = ftp_helper_new(session->ctx, session->forward,
+							   session->client.fd, session->internal.fd,
+							   tcp_session_start_data);
+		session_ftp(session)->helper = helper;
+		if (helper == NULL) {
 			session->ctx->counters.tcp_reset++;
 			session_end(session, "ftp: cannot set up the helper", true, true);
 			return;
@@ -417,7 +433,7 @@ static void session_on_timer(evutil_socket_t fd, short what, void *arg)
 	 * per read); it fires once per period and checks when traffic last moved.
 	 */
 	/* A control connection is not idle while its data connections carry a transfer. */
-	if (session->ftp != NULL && ftp_helper_data_active(session->ftp))
+	if (session_helper(session) != NULL && ftp_helper_data_active(session_helper(session)))
 		session->last_active_ms = relay_now_ms();
 	uint64_t idle_ms = relay_now_ms() - session->last_active_ms;
 	if (idle_ms >= session->ctx->tcp_idle_timeout_ms) {
@@ -430,11 +446,15 @@ static void session_on_timer(evutil_socket_t fd, short what, void *arg)
 }
 
 static struct tcp_session *session_new(struct relay_ctx *ctx, const struct forward *fwd,
-				       int client_fd, const struct net_addr *client_addr)
+				       int client_fd, const struct net_addr *client_addr,
+				       enum session_kind kind)
 {
-	struct tcp_session *session = calloc(1, sizeof *session);
+	size_t size = sizeof(struct tcp_session) +
+		      (kind == SESSION_PLAIN ? 0 : sizeof(struct session_ftp));
+	struct tcp_session *session = calloc(1, size);
 	if (session == NULL)
 		return NULL;
+	session->kind = (unsigned char)kind;
 	session->ctx = ctx;
 	session->forward = fwd;
 	socklen_t len = client_addr->len <= sizeof session->client_addr ? client_addr->len : 0;
@@ -458,7 +478,8 @@ void tcp_session_start(struct relay_ctx *ctx, const struct forward *fwd, uint16_
 		       int client_fd, const struct net_addr *client_addr)
 {
 	ctx->counters.tcp_accepted++;
-	struct tcp_session *session = session_new(ctx, fwd, client_fd, client_addr);
+	struct tcp_session *session = session_new(ctx, fwd, client_fd, client_addr,
+						  fwd->ftp ? SESSION_FTP_CONTROL : SESSION_PLAIN);
 	if (session == NULL) {
 		log_warn(fwd->name, "out of memory for a new connection; closing it");
 		net_close_reset(client_fd);
@@ -473,23 +494,21 @@ void tcp_session_start(struct relay_ctx *ctx, const struct forward *fwd, uint16_
 void tcp_session_start_data(struct relay_ctx *ctx, const struct forward *fwd,
 			    const struct ftp_data_channel *channel)
 {
-	struct session_data *data = malloc(sizeof *data);
-	struct tcp_session *session = data != NULL ? session_new(ctx, fwd, channel->accepted_fd,
-								 &channel->accepted_addr)
-						   : NULL;
+	enum session_kind kind = channel->accepted_from_server ? SESSION_FTP_DATA_ACTIVE
+							       : SESSION_FTP_DATA;
+	struct tcp_session *session = session_new(ctx, fwd, channel->accepted_fd,
+						  &channel->accepted_addr, kind);
 	if (session == NULL) {
-		free(data);
 		ftp_link_data_closed(channel->link);
 		log_warn(fwd->name, "out of memory for an ftp data connection; closing it");
 		net_close_reset(channel->accepted_fd);
 		return;
 	}
-	data->target = channel->target;
-	data->link = channel->link;
-	session->data = data;
-	session->accepted_from_server = channel->accepted_from_server;
+	struct session_ftp *ftp = session_ftp(session);
+	ftp->target = channel->target;
+	ftp->link = channel->link;
 	session->external_port = fwd->external_port_first;
-	session_connect(session, &data->target, &channel->source);
+	session_connect(session, &ftp->target, &channel->source);
 }
 
 /* Starts the connection towards target, from source if not NULL. */

@@ -215,6 +215,7 @@ void worker_pool_counters(const struct worker_pool *pool, struct relay_counters 
 		sum->ftp_data_opened += c->ftp_data_opened;
 		sum->ftp_data_connected += c->ftp_data_connected;
 		sum->ftp_data_expired += c->ftp_data_expired;
+		sum->ftp_data_dropped += c->ftp_data_dropped;
 		sum->ftp_data_refused += c->ftp_data_refused;
 		sum->ftp_commands_refused += c->ftp_commands_refused;
 	}

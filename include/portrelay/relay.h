@@ -49,6 +49,8 @@ struct relay_counters {
 	uint64_t ftp_data_opened;          /* data listeners opened for PASV/EPSV/PORT/EPRT */
 	uint64_t ftp_data_connected;       /* ... that got their connection */
 	uint64_t ftp_data_expired;         /* ... closed unused after ftp.data_timeout */
+	uint64_t ftp_data_dropped;         /* ... closed unused with their control connection,
+					      or replaced by a newer one */
 	uint64_t ftp_data_refused;         /* connections to them from a foreign address */
 	uint64_t ftp_commands_refused;     /* answered by the relay, never passed on */
 };
