@@ -1,47 +1,48 @@
 #!/usr/bin/env bash
-# Scenario 1, the manual's own example: an FTP server on the LAN host with a
-# user and a shared folder; portrelay forwards TCP 21 and the server's passive
-# port range, and the server advertises the WAN address in its PASV replies.
-# From home, curl (a real FTP client) lists the folder, downloads a multi-MiB
-# file whose hash must match, and uploads a file that must then exist, intact,
-# on the LAN host.
+# Scenario: the FTP helper in front of pure-ftpd. The server on the LAN host
+# is configured as it would be without any router in mind: no advertised
+# address (no -P), no passive port range (no -p), so its 227 names its LAN
+# address and a port of its own choosing. portrelay forwards TCP 21 alone, with
+# `ftp = true`, on the WAN address and on the router's IPv6 WAN address.
+# From home, curl, lftp and Python's ftplib list, download (6 MiB, sha256) and
+# upload (3 MiB, sha256 on the LAN host) in every data mode: PASV, EPSV, PORT,
+# EPRT over IPv4, EPSV and EPRT over IPv6 (ftp_lib.sh). A data connection from
+# a third address is turned away, on either side of the relay; commands the
+# relay must refuse never reach the server. pure-ftpd's transfer log shows
+# every transfer coming from the relay's LAN address.
 #
 # Server: pure-ftpd with a virtual user in a per-run PureDB (no system user is
 # created, nothing under /etc is touched), chrooted to a per-run folder.
 
-E2E_NEEDS=(pure-ftpd pure-pw curl perl)
+E2E_NEEDS=(pure-ftpd pure-pw curl lftp perl python3)
 # shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
-
-PASV_MIN=30000
-PASV_MAX=30009
+# shellcheck source=ftp_lib.sh
+source "$(dirname "$0")/ftp_lib.sh"
 
 scenario() {
-	local d=$E2E_TMP/ftp h=$E2E_TMP/home user=alice pass
-	mkdir -p "$d/root/share/docs" "$d/root/upload" "$h"
-	pass=$(head -c 12 /dev/urandom | base64 | tr -d '/+=')
-
-	# The shared folder, as the LAN host has it.
-	printf 'Shared folder of the LAN host.\n' >"$d/root/share/readme.txt"
-	printf 'minutes\n' >"$d/root/share/docs/minutes.txt"
-	head -c $((6 * 1024 * 1024 + 12345)) /dev/urandom >"$d/root/share/big.bin"
-	chmod -R a+rX "$d/root"
-	chown 65534:65534 "$d/root/upload" # the virtual user's uid (nobody) may write here
+	local d=$E2E_TMP/ftp
+	topology_add_wan_ipv6
+	topology_add_home_address
+	FTP_ROOT=$d/root
+	FTP_USER=alice
+	FTP_PASS=$(head -c 12 /dev/urandom | base64 | tr -d '/+=')
+	ftp_prepare_files
 
 	# The user's entry, as `pure-pw useradd USER -u 65534 -g 65534 -d ROOT` makes
 	# it (chrooted to ROOT), but with a SHA-512 crypt hash: pure-pw's own argon2
 	# costs seconds per login on a small machine.
 	local salt hash
 	salt=$(head -c 12 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 12)
-	hash=$(perl -e 'print crypt($ARGV[0], "\$6\$$ARGV[1]\$")' "$pass" "$salt")
+	hash=$(perl -e 'print crypt($ARGV[0], "\$6\$$ARGV[1]\$")' "$FTP_PASS" "$salt")
 	# shellcheck disable=SC2016
 	[[ $hash == '$6$'* ]] || fail "crypt(3) did not make a SHA-512 hash"
-	printf '%s:%s:65534:65534::%s/./::::::::::::\n' "$user" "$hash" "$d/root" >"$d/passwd"
+	printf '%s:%s:65534:65534::%s/./::::::::::::\n' "$FTP_USER" "$hash" "$FTP_ROOT" >"$d/passwd"
 	pure-pw mkdb "$d/passwd.pdb" -f "$d/passwd"
 
+	# No -P (advertised address) and no -p (passive range): the relay needs neither.
 	start_bg ftpd "$NS_LAN" "$d/ftpd.log" pure-ftpd \
 		-l "puredb:$d/passwd.pdb" -S "$LAN_HOST,21" -E -A -H -c 50 -C 50 \
-		-p "$PASV_MIN:$PASV_MAX" -P "$WAN_ROUTER" \
 		-O "clf:$d/transfer.log" -g "$d/ftpd.pid"
 	# shellcheck disable=SC2154
 	wait_listen "$NS_LAN" tcp "$LAN_HOST" 21 "$PID_ftpd"
@@ -50,61 +51,37 @@ scenario() {
 
 	start_portrelay "$(relay_globals)
 forwards = (
-  { name = \"ftp\"; protocol = \"tcp\"; external_port = 21;
+  { name = \"ftp\"; protocol = \"tcp\"; ftp = true; external_port = 21;
     internal_ip = \"$LAN_HOST\"; internal_port = 21; },
-  { name = \"ftp-passive\"; protocol = \"tcp\"; external_port = \"$PASV_MIN-$PASV_MAX\";
-    internal_ip = \"$LAN_HOST\"; internal_port = \"$PASV_MIN-$PASV_MAX\"; }
+  { name = \"ftp6\"; protocol = \"tcp\"; ftp = true; external_address = \"$WAN6_ROUTER\";
+    external_port = 21; internal_ip = \"$LAN_HOST\"; internal_port = 21; }
 );"
+	assert_file_contains "$RELAY_LOG" "ftp +tcp +$WAN_ROUTER:21 -> $LAN_HOST:21" "the relay's forward list"
 
-	local url=ftp://$WAN_ROUTER
-	local -a ftp=(curl -sS --max-time 20 --user "$user:$pass")
+	ftp_run_matrix pasv
 
-	# 1. The listing of the shared folder, names and the big file's size.
-	local names
-	names=$(on_home "${ftp[@]}" --list-only "$url/share/" | tr -d '\r' | grep -Evx '\.\.?' | sort | tr '\n' ' ')
-	assert_eq "big.bin docs readme.txt " "$names" "NLST of /share/"
-	on_home "${ftp[@]}" "$url/share/" | tr -d '\r' >"$h/list.txt"
-	assert_file_contains "$h/list.txt" " $((6 * 1024 * 1024 + 12345)) .* big\.bin$" "LIST of /share/ (size of big.bin)"
-	assert_file_contains "$h/list.txt" "^d.* docs$" "LIST of /share/ (docs is a folder)"
-	log "listing of /share/ from home: $names"
-
-	# 2. Download with PASV, connecting to the address the server advertises:
-	# it must be the WAN address, and the data must arrive intact.
-	local t0 ms
-	t0=$(now_ms)
-	on_home "${ftp[@]}" -v --disable-epsv --no-ftp-skip-pasv-ip \
-		-o "$h/big.bin" "$url/share/big.bin" 2>"$h/get.log"
-	ms=$(($(now_ms) - t0))
-	local wan_commas=${WAN_ROUTER//./,}
-	assert_file_contains "$h/get.log" "227 Entering Passive Mode \($wan_commas," "PASV reply advertises the WAN address"
-	assert_file_contains "$h/get.log" "Connecting to $WAN_ROUTER .* port 300[0-9][0-9]" "data connection to the WAN address"
-	assert_eq "$(sha "$d/root/share/big.bin")" "$(sha "$h/big.bin")" "sha256 of big.bin downloaded over PASV"
-	log "downloaded big.bin ($(stat -c %s "$h/big.bin") bytes, PASV to $(grep -Eo "port 300[0-9][0-9]" "$h/get.log" | tail -n1)) in $ms ms: sha256 matches"
-
-	# The same with EPSV (curl's default) and a second passive port.
-	on_home "${ftp[@]}" -o "$h/big2.bin" "$url/share/big.bin"
-	assert_eq "$(sha "$d/root/share/big.bin")" "$(sha "$h/big2.bin")" "sha256 of big.bin downloaded over EPSV"
-	on_home "${ftp[@]}" -o "$h/minutes.txt" "$url/share/docs/minutes.txt"
-	assert_eq minutes "$(cat "$h/minutes.txt")" "docs/minutes.txt"
-
-	# 3. Upload from home; the file then exists on the LAN host, intact.
-	head -c $((3 * 1024 * 1024 + 777)) /dev/urandom >"$h/holiday.bin"
-	t0=$(now_ms)
-	on_home "${ftp[@]}" -T "$h/holiday.bin" "$url/upload/holiday.bin"
-	ms=$(($(now_ms) - t0))
-	[[ -f $d/root/upload/holiday.bin ]] || fail "the uploaded file is not on the LAN host"
-	assert_eq "$(sha "$h/holiday.bin")" "$(sha "$d/root/upload/holiday.bin")" "sha256 of the uploaded file on the LAN host"
-	assert_eq 65534 "$(stat -c %u "$d/root/upload/holiday.bin")" "owner of the uploaded file"
-	names=$(on_home "${ftp[@]}" --list-only "$url/upload/" | tr -d '\r' | grep -Evx '\.\.?' | tr '\n' ' ')
-	assert_eq "holiday.bin " "$names" "NLST of /upload/ after the upload"
-	log "uploaded holiday.bin ($(stat -c %s "$h/holiday.bin") bytes) in $ms ms: on the LAN host, sha256 matches"
-
-	# The server's transfer log saw the transfers coming from the relay's LAN address.
-	assert_file_contains "$d/transfer.log" "^$LAN_ROUTER .*\"PUT [^\"]*/upload/holiday\.bin\" 200 $((3 * 1024 * 1024 + 777))" "server transfer log (upload)"
-	assert_file_contains "$d/transfer.log" "^$LAN_ROUTER .*\"GET [^\"]*/share/big\.bin\" 200 $((6 * 1024 * 1024 + 12345))" "server transfer log (download)"
+	# The relay's debug log: the passive listeners were on the external address
+	# the client used, the data connections closed normally.
+	assert_file_contains "$RELAY_LOG" "ftp: passive data listener on $WAN_ROUTER:[0-9]+ for $LAN_HOST:[0-9]+" "passive listener on the WAN address (IPv4)"
+	assert_file_contains "$RELAY_LOG" "ftp: passive data listener on \[?$WAN6_ROUTER\]?:[0-9]+ for $LAN_HOST:[0-9]+" "passive listener on the WAN address (IPv6)"
+	assert_file_contains "$RELAY_LOG" "ftp active data closed" "an active data connection in the relay's log"
+	assert_file_contains "$RELAY_LOG" "ftp passive data closed" "a passive data connection in the relay's log"
 
 	stop_portrelay
-	if on_home curl -sS --max-time 5 --user "$user:$pass" --list-only "$url/share/" >/dev/null 2>&1; then
+	ftp_check_relay_totals 2 "$FTP_REFUSED_CMDS"
+
+	# pure-ftpd's transfer log: every transfer, each from the relay's LAN address.
+	local t=$d/transfer.log n
+	n=$(grep -Ec "^$LAN_ROUTER .*\"GET [^\"]*/share/big\.bin\" 200 $FTP_BIG_SIZE" "$t" || true)
+	assert_eq "$FTP_DOWNLOADS" "$n" "downloads of big.bin in pure-ftpd's transfer log from $LAN_ROUTER"
+	n=$(grep -Ec "^$LAN_ROUTER .*\"PUT [^\"]*/upload/[^\"]+\.bin\" 200 $FTP_UP_SIZE" "$t" || true)
+	assert_eq "$FTP_UPLOADS" "$n" "uploads in pure-ftpd's transfer log from $LAN_ROUTER"
+	n=$(grep -Evc "^$LAN_ROUTER " "$t" || true)
+	assert_eq 0 "$n" "transfer log lines from another address than the relay's"
+	log "pure-ftpd's transfer log: $FTP_DOWNLOADS downloads and $FTP_UPLOADS uploads, all from $LAN_ROUTER"
+	ftp_show_matrix
+
+	if on_home curl -sS --max-time 5 --user "$FTP_USER:$FTP_PASS" --list-only "ftp://$WAN_ROUTER/share/" >/dev/null 2>&1; then
 		fail "FTP still reachable from home after portrelay stopped"
 	fi
 }

@@ -193,6 +193,30 @@ topology_up() {
 	log "topology: lan $LAN_HOST | router $LAN_ROUTER + $WAN_ROUTER (ip_forward 0) | home $HOME_HOST"
 }
 
+# Opt-in additions to the topology, for the scenarios that call them.
+
+# topology_add_wan_ipv6: IPv6 on the WAN link only (the LAN stays IPv4-only):
+# WAN6_ROUTER on the router's wan0 and HOME6_HOST on home's eth0, both in
+# fd00:201:X::/64, without duplicate address detection (usable at once).
+topology_add_wan_ipv6() {
+	local x
+	x=$(cut -d. -f3 <<<"$LAN_HOST")
+	WAN6_ROUTER=fd00:201:$x::1
+	HOME6_HOST=fd00:201:$x::2
+	ip -n "$NS_ROUTER" addr add "$WAN6_ROUTER/64" dev wan0 nodad
+	ip -n "$NS_HOME" addr add "$HOME6_HOST/64" dev eth0 nodad
+	log "topology: IPv6 on the WAN link: router $WAN6_ROUTER | home $HOME6_HOST"
+}
+
+# topology_add_home_address: a second IPv4 address on home's eth0, HOME_ALT
+# (10.201.X.3): a third party on the WAN side, neither the client's control
+# address nor the server's. Home's connections still leave from HOME_HOST.
+topology_add_home_address() {
+	HOME_ALT=${HOME_HOST%.*}.3
+	ip -n "$NS_HOME" addr add "$HOME_ALT/24" dev eth0
+	log "topology: home also has $HOME_ALT"
+}
+
 set_forwarding() {
 	on_router sh -c "echo $1 > /proc/sys/net/ipv4/ip_forward"
 }
