@@ -76,9 +76,9 @@ ftp_check_passive_reply() { # tag text-with-the-reply mode addr
 	pasv)
 		grep -Eq "227 Entering Passive Mode \(${addr//./,}," <<<"$text" ||
 			fail "$tag: no 227 naming the WAN address $addr: $(grep -E '227' <<<"$text" | head -n2)"
-		if grep -Eq "227 .*\(${LAN_HOST%.*}" <<<"$text" ||
-			grep -Eq "227 .*\(${LAN_HOST//./,}," <<<"$text"; then
-			fail "$tag: a 227 names a LAN address"
+		local lan=${LAN_HOST%.*}
+		if grep -Eq "227 .*\(${lan//./,}," <<<"$text"; then
+			fail "$tag: a 227 names a LAN address: $(grep -E '227' <<<"$text" | head -n2)"
 		fi
 		;;
 	epsv) grep -Eq '229 .*\(\|\|\|[0-9]+\|\)' <<<"$text" || fail "$tag: no 229 reply" ;;
