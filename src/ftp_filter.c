@@ -146,8 +146,17 @@ static struct ftp_pending *ftp_queue_head(struct ftp_filter *f)
 	return f->queue_count > 0 ? &f->queue[f->queue_head] : NULL;
 }
 
+static void ftp_queue_pop(struct ftp_filter *f);
+
 static void ftp_queue_push(struct ftp_filter *f, struct ftp_pending entry)
 {
+	/*
+	 * Full only after the server has gone (ftp_may_process): its oldest
+	 * command will never be answered. It goes, so that the ring never
+	 * overwrites its head; what waited behind it still waits.
+	 */
+	if (f->queue_count == FTP_QUEUE_MAX)
+		ftp_queue_pop(f);
 	f->queue[(f->queue_head + f->queue_count) % FTP_QUEUE_MAX] = entry;
 	f->queue_count++;
 }
@@ -304,9 +313,7 @@ static void ftp_on_command(struct ftp_filter *f, const char *line, size_t conten
 	}
 	if (cmd.empty) {
 		/* Servers differ on empty lines (some answer, some do not): answer here. */
-		ftp_queue_push(f, (struct ftp_pending){ .kind = PENDING_LOCAL,
-							 .local_reply = reply_empty });
-		ftp_queue_flush_local(f);
+		ftp_refuse(f, cmd.verb, reply_empty, "empty command line");
 		return;
 	}
 	if (cmd.verb != FTP_VERB_OTHER && (cmd.leading_blank || !cmd.clean_end)) {
@@ -492,7 +499,8 @@ static void ftp_process(struct ftp_filter *f, enum ftp_side side)
 				ftp_input_tail(f, side, 0);
 				return;
 			}
-			if (in->len >= FTP_LINE_MAX)
+			/* The line so far, not the lines before it in the same read. */
+			if (left >= FTP_LINE_MAX)
 				ftp_fail(f, side == FTP_CLIENT ? "command line too long"
 							       : "reply line too long");
 			break;

@@ -50,13 +50,22 @@ const char *ftp_verb_name(enum ftp_verb verb)
 	return "command";
 }
 
-/* Skips Telnet commands (IAC x, IAC WILL/WONT/DO/DONT option) and blanks. */
+/* The length of the Telnet command at p[i] (IAC x, IAC WILL/WONT/DO/DONT option), or 0. */
+static size_t ftp_telnet_command(const unsigned char *p, size_t len, size_t i)
+{
+	if (p[i] != TELNET_IAC || i + 1 >= len || p[i + 1] == TELNET_IAC)
+		return 0;
+	return (p[i + 1] >= TELNET_WILL && p[i + 1] <= TELNET_DONT) ? 3 : 2;
+}
+
+/* Skips Telnet commands and blanks. */
 static size_t ftp_skip_prefix(const unsigned char *p, size_t len, bool *blank)
 {
 	size_t i = 0;
 	while (i < len) {
-		if (p[i] == TELNET_IAC && i + 1 < len && p[i + 1] != TELNET_IAC) {
-			i += (p[i + 1] >= TELNET_WILL && p[i + 1] <= TELNET_DONT) ? 3 : 2;
+		size_t telnet = ftp_telnet_command(p, len, i);
+		if (telnet > 0) {
+			i += telnet;
 		} else if (p[i] == ' ' || p[i] == '\t') {
 			*blank = true;
 			i++;
@@ -76,19 +85,37 @@ void ftp_command_parse(const char *line, size_t len, struct ftp_command *out)
 	size_t start = ftp_skip_prefix(p, len, &out->leading_blank);
 	out->verb_offset = start;
 	out->empty = start == len;
-	size_t end = start;
-	while (end < len && ftp_is_alpha(p[end]))
-		end++;
+	/*
+	 * The verb's letters. Servers that read Telnet (ProFTPD, the BSD ftpd)
+	 * drop its commands anywhere in a line, so "P<IAC IP>ORT" is PORT to
+	 * them: the verb is read through Telnet commands, and such a verb is
+	 * not clean (the filter refuses it instead of passing a hidden PORT).
+	 */
+	unsigned char letters[4];
+	size_t count = 0, end = start;
+	bool telnet_inside = false;
+	while (end < len) {
+		size_t telnet = ftp_telnet_command(p, len, end);
+		if (telnet > 0) {
+			telnet_inside = true;
+			end = end + telnet < len ? end + telnet : len;
+		} else if (ftp_is_alpha(p[end])) {
+			if (count < sizeof letters)
+				letters[count] = ftp_upper(p[end]);
+			count++;
+			end++;
+		} else {
+			break;
+		}
+	}
 	/* No known verb is longer than four letters; "PORTX" is another command. */
-	if (end - start == 4) {
+	if (count == 4) {
 		for (size_t i = 0; i < sizeof ftp_verbs / sizeof ftp_verbs[0]; i++) {
-			const char *name = ftp_verbs[i].name;
-			if (ftp_upper(p[start]) == name[0] && ftp_upper(p[start + 1]) == name[1] &&
-			    ftp_upper(p[start + 2]) == name[2] && ftp_upper(p[start + 3]) == name[3])
+			if (memcmp(letters, ftp_verbs[i].name, 4) == 0)
 				out->verb = ftp_verbs[i].verb;
 		}
 	}
-	out->clean_end = end == len || p[end] == ' ';
+	out->clean_end = !telnet_inside && (end == len || p[end] == ' ');
 	if (end < len && p[end] == ' ') {
 		out->arg = line + end + 1;
 		out->arg_len = len - end - 1;
@@ -188,6 +215,9 @@ int ftp_parse_eprt_arg(const char *arg, size_t len, struct net_addr *out)
 	size_t addr_len = i - addr_start;
 	if (i >= len || addr_len == 0 || addr_len > FTP_EPRT_ADDR_MAX)
 		return -1;
+	/* inet_pton would stop at a NUL and take what is before it. */
+	if (memchr(arg + addr_start, '\0', addr_len) != NULL)
+		return -1;
 	char text[FTP_EPRT_ADDR_MAX + 1];
 	memcpy(text, arg + addr_start, addr_len);
 	text[addr_len] = '\0';
@@ -216,7 +246,14 @@ int ftp_parse_227(const char *line, size_t len, struct net_addr *out)
 	const unsigned char *p = (const unsigned char *)line;
 	/* The numbers come after the code: "227 ...". */
 	for (size_t start = 4; start < len; start++) {
-		if (!ftp_is_digit(p[start]) || ftp_is_digit(p[start - 1]))
+		if (!ftp_is_digit(p[start]) || ftp_is_digit(p[start - 1]) || p[start - 1] == '-' ||
+		    p[start - 1] == '+')
+			continue;
+		/* Not the tail of a longer list: "(7,192,168,1,2,117,48)" has no six numbers. */
+		size_t before = start - 1;
+		while (before > 3 && p[before] == ' ')
+			before--;
+		if (p[before] == ',')
 			continue;
 		unsigned char bytes[6];
 		size_t i = start;
