@@ -1,0 +1,234 @@
+#!/usr/bin/env python3
+"""Writes the seed corpora of the fuzz targets into test/fuzz/corpus/.
+
+The seeds are committed; run this again only to change them:
+    python3 test/fuzz/make_seeds.py
+
+ftp_filter seeds are scripts in fuzz_ftp_filter.c's language (one operation
+per byte, see the comment at its top) playing small real sessions; the
+others are plain text: lines for ftp_proto, configuration files for config,
+-L specs (one per line) for spec.
+"""
+import os
+import shutil
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+CORPUS = os.path.join(HERE, "corpus")
+
+CLIENT, SERVER = 0, 1
+
+
+class Script:
+    """Builds a fuzz_ftp_filter script."""
+
+    def __init__(self, client="v4", server="v4", passive="v4", active="v4"):
+        clients = {"v4": 0, "v6": 1, "mapped": 2}
+        listeners = {"v4": 0, "v6": 1, "mapped": 2}
+        setup = clients[client]
+        setup |= 4 if server == "v6" else 0
+        setup |= listeners[passive] << 3
+        setup |= listeners[active] << 5
+        self.b = bytearray([setup])
+
+    def feed(self, side, data, urgent=None):
+        if isinstance(data, str):
+            data = data.encode("latin-1")
+        while data:
+            chunk, data = data[:256], data[256:]
+            if urgent is not None and urgent < len(chunk):
+                self.b += bytes([0x80 | side, len(chunk) - 1, urgent])
+                urgent = None
+            else:
+                self.b += bytes([side, len(chunk) - 1])
+                if urgent is not None:
+                    urgent -= len(chunk)
+            self.b += chunk
+        self.b.append(10)   # both sides take their output
+        return self
+
+    def client(self, data, urgent=None):
+        return self.feed(CLIENT, data, urgent)
+
+    def server(self, data):
+        return self.feed(SERVER, data)
+
+    def repeat(self, side, count, byte):
+        self.b += bytes([2 | side, count >> 8, count & 0xff, ord(byte)])
+        return self
+
+    def take(self, side, n):
+        self.b += bytes([4 | side, n >> 8, n & 0xff])
+        return self
+
+    def eof(self, side):
+        self.b.append(6 | side)
+        return self
+
+    def toggle_passive(self):
+        self.b.append(8)
+        return self
+
+    def toggle_active(self):
+        self.b.append(9)
+        return self
+
+
+def login(s):
+    return (s.server("220 (vsFTPd 3.0.3)\r\n")
+             .client("USER anonymous\r\n").server("331 Please specify the password.\r\n")
+             .client("PASS guest@\r\n").server("230 Login successful.\r\n"))
+
+
+def filter_seeds():
+    seeds = {}
+    s = login(Script())
+    s.client("TYPE I\r\n").server("200 Switching to Binary mode.\r\n")
+    s.client("PASV\r\n").server("227 Entering Passive Mode (10,0,0,9,117,48).\r\n")
+    s.client("RETR file.bin\r\n").server("150 Opening BINARY mode data connection.\r\n")
+    s.server("226 Transfer complete.\r\n")
+    s.client("EPSV\r\n").server("227 Entering Passive Mode (10,0,0,9,117,49).\r\n")
+    s.client("LIST\r\n").server("150 Here comes the directory listing.\r\n226 Directory send OK.\r\n")
+    s.client("PORT 203,0,113,5,19,137\r\n").server("200 PORT command successful.\r\n")
+    s.client("EPRT |1|203.0.113.5|5002|\r\n").server("200 EPRT command successful.\r\n")
+    s.client("QUIT\r\n").server("221 Goodbye.\r\n").eof(SERVER).eof(CLIENT)
+    seeds["session-ipv4"] = s
+
+    s = login(Script(client="v6", passive="v6"))
+    s.client("EPSV\r\n").server("227 Entering Passive Mode (10,0,0,9,117,48)\r\n")
+    s.client("EPRT |2|2001:db8::5|5001|\r\n").server("200 PORT command successful.\r\n")
+    s.client("PASV\r\nEPSV 1\r\nEPRT |1|203.0.113.5|5001|\r\n")
+    s.client("QUIT\r\n").server("221 Goodbye.\r\n")
+    seeds["session-ipv6-client"] = s
+
+    s = login(Script(server="v6", active="v6"))
+    s.client("PASV\r\n").server("229 Entering Extended Passive Mode (|||30000|)\r\n")
+    s.client("PORT 203,0,113,5,19,137\r\n").server("200 EPRT command successful.\r\n")
+    seeds["session-ipv6-server"] = s
+
+    s = login(Script(client="mapped"))
+    s.client("USER a\r\nLPSV\r\nPASS b\r\nPORT 10,0,0,99,19,137\r\nNOOP\r\n\r\nSYST\r\n")
+    s.server("331 Password please\r\n").server("230 Logged in\r\n")
+    s.server("200 NOOP ok\r\n215 UNIX Type: L8\r\n")
+    s.client("PORT 203,0,113,5,0,21\r\n PORT 203,0,113,5,19,137\r\nP\xff\xf4ORT 10,0,0,99,19,137\r\n")
+    s.client("PORT 256,0,113,5,19,137\r\nUSER a\rb\r\nLPRT 4,4,1,2,3,4,2,0,20\r\n")
+    seeds["pipelined-refusals"] = s
+
+    s = Script()
+    s.client("LPSV\r\nUSER a\r\n")
+    s.server("220-Welcome\r\n220-to the\r\n220 server\r\n")
+    s.client("FEAT\r\nSTAT\r\nPASV\r\n")
+    s.server("211-Features:\r\n EPRT\r\n EPSV\r\n PASV\r\n211 End\r\n")
+    s.server("211-Status\r\n227 Entering Passive Mode (10,0,0,9,1,1)\r\n211 End\r\n")
+    s.server("227-Entering Passive Mode\r\n227 Entering Passive Mode (10,0,0,9,117,48)\r\n")
+    s.server("227 Entering Passive Mode (10,0,0,9,117,48)\r\n")   # unsolicited
+    seeds["multiline"] = s
+
+    s = login(Script())
+    s.client("AUTH TLS\r\nPORT 10,0,0,99,19,137\r\n").server("234 Proceed with negotiation.\r\n")
+    s.client(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\x00\n")
+    s.server("227 Entering Passive Mode (10,0,0,9,117,48).\r\n")
+    seeds["auth-tls"] = s
+
+    s = login(Script())
+    s.client("AUTH SSL\r\n").server("504 Unknown AUTH type.\r\n")
+    s.client("EPSV ALL\r\nPASV\r\nPORT 203,0,113,5,19,137\r\nEPSV\r\n")
+    s.server("227 Entering Passive Mode (10,0,0,9,117,48).\r\n")
+    seeds["auth-refused-epsv-all"] = s
+
+    s = login(Script())
+    s.client("RETR big.iso\r\n").server("150 Opening BINARY mode data connection.\r\n")
+    s.client("\xff\xf4")
+    s.client("\xff\xf2" "ABOR\r\n", urgent=0)
+    s.server("426 Connection closed; transfer aborted.\r\n226 ABOR successful.\r\n")
+    seeds["abor-urgent"] = s
+
+    s = login(Script())
+    s.client("NOOP\r\nRETR ").repeat(CLIENT, 8180, "f").client("\r\n")
+    s.server("550 No such file.\r\n")
+    s.repeat(SERVER, 9000, "x")
+    seeds["long-lines"] = s
+
+    s = login(Script())
+    for _ in range(20):
+        s.b += bytes([CLIENT, 5]) + b"NOOP\r\n"
+    for _ in range(20):
+        s.server("200 NOOP ok.\r\n")
+    s.take(CLIENT, 3).take(SERVER, 1)
+    s.client("PASV\r\n").toggle_passive().server("227 Entering Passive Mode (10,0,0,9,117,48).\r\n")
+    s.client("PORT 203,0,113,5,19,137\r\n").toggle_active()
+    s.client("PASV\r\n").server("227 Entering Passive Mode.\r\n")
+    s.client("STOR x\r\nPORT 203,0,113,5,19,138").eof(CLIENT)
+    s.server("226 ok\r\n221 partial").eof(SERVER)
+    seeds["queue-hooks-eof"] = s
+    return {name: bytes(s.b) for name, s in seeds.items()}
+
+
+PROTO_SEEDS = [
+    "PORT 192,168,1,2,117,48", "192,168,1,2,117,48", "1,2,3,4,256,1",
+    "|1|132.235.1.2|6275|", "|2|1080::8:800:200C:417A|5282|", "!1!10.0.0.1!2000!",
+    "|2|fe80::1%eth0|5000|",
+    "227 Entering Passive Mode (127,0,0,1,182,175)",
+    "227 Entering Passive Mode (192,168,1,2,117,48).",
+    "227 =192,168,1,2,117,48", "227 Entering Passive Mode 192, 168, 1, 2, 117, 48",
+    "227 Entering Passive Mode v2.0 (192,168,1,2,117,48)",
+    "229 Entering Extended Passive Mode (|||6446|)", "229 (!!!65535!)",
+    "230-Welcome", "220 Ready", "\xff\xf4\xff\xf2" "ABOR", "P\xff\xf4ORT 1,2,3,4,5,6",
+    "  EPSV ALL", "AUTH TLS",
+]
+
+SPEC_SEEDS = {
+    "readme": "tcp:8080:127.0.0.1:80\ntcp:127.0.0.1:2222:10.0.0.5:22\n"
+              "both:5000:db.lan:5000\ntcp:30000-30009:192.0.2.10:40000-40009\n"
+              "tcp:[::1]:8080:[fd00::5]:80\nftp:21:192.168.20.142:21\n",
+    "overlap": "tcp:8080:127.0.0.1:80\nboth:0.0.0.0:8080:127.0.0.1:81\n"
+               "udp:[::]:9000-9100:[::1]:19000-19100\n",
+    "errors": "tcp:70000:127.0.0.1:80\nudp:1-10:127.0.0.1:5-9\ntcp:[::1:80:1.2.3.4:80\n"
+              "ftp:21:[fd00::1]\nsctp:1:1.1.1.1:1\n",
+}
+
+CONFIG_SEEDS = {
+    "small": 'wan_address = "0.0.0.0";\nforwards = ( { name = "web"; protocol = "tcp"; '
+             'external_port = 8080; internal_ip = "127.0.0.1"; internal_port = 80; } );\n',
+    "ranges-ipv6": 'wan_address = "::";\nlog_level = "debug";\nworkers = 2;\nbusy_poll = 50;\n'
+                   'tcp = { connect_timeout = 2.5; idle_timeout = 60.0; splice = false; };\n'
+                   'udp = { idle_timeout = 30.0; max_flows = 1024; };\n'
+                   'forwards = (\n  { name = "game"; protocol = "both"; external_port = "30000-30009";\n'
+                   '    internal_ip = "[fd00::5]"; internal_port = "40000-40009"; udp_idle_timeout = 5.0; },\n'
+                   '  { name = "off"; protocol = "udp"; external_address = "127.0.0.1";\n'
+                   '    external_port = 53; internal_ip = "nowhere.invalid"; enabled = false; }\n);\n',
+    "ftp": 'ftp = { data_ports = "31000-31999"; data_timeout = 10.0; };\n'
+           'forwards = ( { name = "ftp"; protocol = "tcp"; external_port = 2121;\n'
+           '  internal_ip = "192.168.20.142"; internal_port = 21; ftp = true;\n'
+           '  ftp_data_ports = "32000-32009"; } );\n',
+    "errors": 'forwards = ( { name = "a"; protocol = "tcp"; external_port = 70000; internal_ip = "1.2.3.4"; },\n'
+              '  { name = "b"; protocol = "udp"; external_port = 1; internal_ip = "1.2.3.4"; ftp = true; typo = 1; } );\n',
+}
+
+
+def write(target, name, data):
+    d = os.path.join(CORPUS, target)
+    os.makedirs(d, exist_ok=True)
+    if isinstance(data, str):
+        data = data.encode("latin-1")
+    with open(os.path.join(d, name), "wb") as f:
+        f.write(data)
+
+
+def main():
+    if os.path.isdir(CORPUS):
+        shutil.rmtree(CORPUS)
+    for name, data in filter_seeds().items():
+        write("ftp_filter", name, data)
+    for i, line in enumerate(PROTO_SEEDS):
+        write("ftp_proto", "line-%02d" % i, line)
+    for name, text in SPEC_SEEDS.items():
+        write("spec", name, text)
+    for name, text in CONFIG_SEEDS.items():
+        write("config", name, text)
+    with open(os.path.join(ROOT, "etc", "portrelay.conf"), "rb") as f:
+        write("config", "etc-portrelay.conf", f.read())
+
+
+if __name__ == "__main__":
+    main()
