@@ -9,7 +9,13 @@
 # EPRT over IPv4, EPSV and EPRT over IPv6 (ftp_lib.sh). A data connection from
 # a third address is turned away, on either side of the relay; commands the
 # relay must refuse never reach the server. pure-ftpd's transfer log shows
-# every transfer coming from the relay's LAN address.
+# every transfer coming from the relay's LAN address. Then ABOR during a
+# download (as directly from the router), 10 data channels in a row on one
+# control connection, and downloads resumed with REST (ftp_lib.sh). pure-ftpd
+# answers an ABOR during a transfer just as well when it comes without urgent
+# data (a relay built to send the urgent byte as plain data passes here), so
+# here that check is one of behaviour only; ftp_vsftpd.sh has the one that
+# needs the urgent byte.
 #
 # Server: pure-ftpd with a virtual user in a per-run PureDB (no system user is
 # created, nothing under /etc is touched), chrooted to a per-run folder.
@@ -59,6 +65,11 @@ forwards = (
 	assert_file_contains "$RELAY_LOG" "ftp +tcp +$WAN_ROUTER:21 -> $LAN_HOST:21" "the relay's forward list"
 
 	ftp_run_matrix pasv
+	ftp_abort pasv "$WAN_ROUTER"
+	ftp_abort port "$WAN_ROUTER"
+	ftp_abort epsv "$WAN6_ROUTER"
+	ftp_rounds "$WAN_ROUTER"
+	ftp_curl_resume "$WAN_ROUTER"
 
 	# The relay's debug log: the passive listeners were on the external address
 	# the client used, the data connections closed normally.

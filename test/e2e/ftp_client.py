@@ -28,16 +28,42 @@ that the scenario can try the relay's LAN-side listener from another address.
 --refuse CMD (repeatable): send CMD as is and print the reply, which must be an
 error ("refused CMD: 500 ..."); status 1 if the command was accepted.
 
+--abort REMOTE: RETR REMOTE (binary, in the session's data mode), read
+--abort-read bytes of it (256 KiB), then, with the data connection still open
+and no longer read, abort as RFC 959 says and BSD ftp does: Telnet IP and
+Synch ("IAC IP IAC" with MSG_OOB, the last IAC urgent), then "DM ABOR\r\n";
+wait (--abort-wait seconds, 5) for the replies. Prints "abort codes: A B in N
+ms" (the transfer's reply, then the ABOR's; each also as "abort reply: TEXT"),
+then reads the data connection to its end: "abort data: eof|reset|timeout
+after N more bytes in M ms, T of SIZE in all", then sends NOOP: "abort noop:
+REPLY". Runs before --get, so that a complete download on the same control
+connection can follow. (ftplib's own abort(), a bare "ABOR\r\n" sent as
+urgent data, is answered "500 Unknown command" by both vsftpd, which takes the
+4 bytes before ABOR for the Telnet IP and Synch, and pure-ftpd, directly.)
+
+--rounds N: N data channels in a row on this control connection, the data
+command alternating between the two of --round-modes (pasv,port; epsv,eprt over
+IPv6), the transfer between LIST --round-list and RETR --round-get (sha256 of
+what came, in memory), so that each command meets each mode: round i does
+LIST for i % 4 in (0, 3), RETR otherwise. Prints "round I MODE list: NAMES" or
+"round I MODE retr: SIZE SHA256".
+
+--resume REMOTE LOCAL: LOCAL holds the beginning of REMOTE (N bytes); REST N
+and RETR REMOTE append the rest (ftplib's retrbinary(rest=N)), in the
+session's data mode. Prints "resume REMOTE from N: M bytes".
+
 Exit status 0 if every step worked; the error otherwise.
 """
 import argparse
 import ftplib
+import hashlib
 import os
 import socket
 import sys
 import time
 
 DATA_COMMANDS = ("PASV", "EPSV", "PORT", "EPRT")
+NOTED_COMMANDS = DATA_COMMANDS + ("REST",)
 
 
 class Client(ftplib.FTP):
@@ -60,7 +86,7 @@ class Client(ftplib.FTP):
         return resp
 
     def note(self, resp):
-        if self.last_cmd in DATA_COMMANDS:
+        if self.last_cmd in NOTED_COMMANDS:
             print(f"reply {self.last_cmd}: {resp}", flush=True)
             self.last_cmd = None
 
@@ -161,6 +187,89 @@ def get_held(ftp, remote, local, hold):
     ftp.voidresp()
 
 
+def set_mode(ftp, mode):
+    ftp.mode = mode
+    ftp.set_pasv(mode in ("pasv", "epsv", "auto-passive"))
+
+
+def abort_retr(ftp, remote, want, wait):
+    """RETR, read `want` bytes, then ABOR with the data connection open and unread."""
+    ftp.voidcmd("TYPE I")
+    conn, size = ftp.ntransfercmd("RETR " + remote)
+    got = 0
+    with conn:
+        while got < want:
+            block = conn.recv(min(65536, want - got))
+            if not block:
+                break
+            got += len(block)
+        print(f"abort read {got} bytes of {remote} ({size} bytes)", flush=True)
+        ftp.sock.settimeout(wait)
+        t0 = time.monotonic()
+        replies = []
+        try:
+            ftp.sock.sendall(b"\xff\xf4\xff", socket.MSG_OOB)  # IAC IP, IAC (urgent)
+            ftp.sock.sendall(b"\xf2ABOR\r\n")                   # DM, ABOR
+            replies.append(ftp.getmultiline())
+            # The transfer's reply came first (426, or 226 had it ended); the
+            # ABOR's (225/226) follows.
+            if replies[0][:3] in ("426", "226", "451"):
+                replies.append(ftp.getmultiline())
+        except (socket.timeout, TimeoutError):
+            ms = int((time.monotonic() - t0) * 1000)
+            print(f"abort failed: replies {' | '.join(replies) or 'none'}, then nothing "
+                  f"(timed out after {ms} ms)", flush=True)
+            raise
+        ms = int((time.monotonic() - t0) * 1000)
+        codes = " ".join(r[:3] for r in replies)
+        print(f"abort codes: {codes} in {ms} ms", flush=True)
+        for r in replies:
+            print(f"abort reply: {r.splitlines()[0]}", flush=True)
+        # The data connection must end now: what the buffers held, then EOF.
+        conn.settimeout(wait)
+        more, end = 0, "eof"
+        t0 = time.monotonic()
+        try:
+            while True:
+                block = conn.recv(65536)
+                if not block:
+                    break
+                more += len(block)
+        except ConnectionResetError:
+            end = "reset"
+        except (socket.timeout, TimeoutError):
+            end = "timeout"
+        ms = int((time.monotonic() - t0) * 1000)
+        print(f"abort data: {end} after {more} more bytes in {ms} ms, "
+              f"{got + more} of {size} in all", flush=True)
+    ftp.sock.settimeout(ftp.timeout)
+    print(f"abort noop: {ftp.voidcmd('NOOP')}", flush=True)
+
+
+def rounds(ftp, n, modes, list_dir, remote):
+    """n data channels in a row, alternating modes and LIST/RETR."""
+    ftp.voidcmd("TYPE I")
+    for i in range(n):
+        mode = modes[i % 2]
+        set_mode(ftp, mode)
+        if i % 4 in (0, 3):
+            lines = []
+            ftp.retrlines("LIST " + list_dir, lines.append)
+            names = sorted(line.split()[-1] for line in lines
+                           if line.strip() and not line.startswith("total "))
+            names = [n for n in names if n not in (".", "..")]
+            print(f"round {i} {mode.upper()} list: {' '.join(names)}", flush=True)
+        else:
+            h, size = hashlib.sha256(), 0
+
+            def take(block):
+                nonlocal size
+                h.update(block)
+                size += len(block)
+            ftp.retrbinary("RETR " + remote, take)
+            print(f"round {i} {mode.upper()} retr: {size} {h.hexdigest()}", flush=True)
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--host", required=True)
@@ -174,14 +283,21 @@ def main():
     p.add_argument("--foreign")
     p.add_argument("--hold")
     p.add_argument("--refuse", action="append", default=[])
+    p.add_argument("--abort")
+    p.add_argument("--abort-read", type=int, default=256 * 1024)
+    p.add_argument("--abort-wait", type=float, default=5)
+    p.add_argument("--rounds", type=int, default=0)
+    p.add_argument("--round-modes")
+    p.add_argument("--round-list", default="/")
+    p.add_argument("--round-get")
+    p.add_argument("--resume", nargs=2, metavar=("REMOTE", "LOCAL"))
     p.add_argument("--timeout", type=float, default=15)
     a = p.parse_args()
 
     ftp = Client(timeout=a.timeout)
-    ftp.mode = a.mode
     ftp.connect(a.host, 21)
     ftp.login(a.user, a.password)
-    ftp.set_pasv(a.mode in ("pasv", "epsv", "auto-passive"))
+    set_mode(ftp, a.mode)
     print(f"logged in to {a.host} over IPv{6 if ftp.af == socket.AF_INET6 else 4}",
           flush=True)
 
@@ -198,6 +314,22 @@ def main():
         names = sorted(n.rsplit("/", 1)[-1] for n in ftp.nlst(a.list))
         print("list " + a.list + ": " + " ".join(n for n in names if n not in (".", "..")),
               flush=True)
+    if a.abort:
+        abort_retr(ftp, a.abort, a.abort_read, a.abort_wait)
+    if a.rounds:
+        if a.round_modes:
+            modes = a.round_modes.split(",")
+        else:
+            modes = ["epsv", "eprt"] if ftp.af == socket.AF_INET6 else ["pasv", "port"]
+        rounds(ftp, a.rounds, modes, a.round_list, a.round_get)
+        set_mode(ftp, a.mode)
+    if a.resume:
+        remote, local = a.resume
+        start = os.path.getsize(local)
+        ftp.voidcmd("TYPE I")
+        with open(local, "ab") as out:
+            ftp.retrbinary("RETR " + remote, out.write, rest=start)
+        print(f"resume {remote} from {start}: {os.path.getsize(local)} bytes", flush=True)
     if a.get:
         remote, local = a.get
         if a.foreign:

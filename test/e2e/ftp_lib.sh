@@ -14,6 +14,11 @@ FTP_NAMES="big.bin docs readme.txt"
 FTP_HOME=
 FTP_UPLOADS=0     # files uploaded (each must be on the LAN host, intact)
 FTP_DOWNLOADS=0   # downloads of big.bin (each checked by hash)
+# The target of the ABOR checks: far larger than every buffer on the way
+# (sockets, the relay's pipes), so that, with the client no longer reading, the
+# transfer cannot end before the ABOR. Sparse: it costs no disk and no time.
+FTP_HUGE_SIZE=$((256 * 1024 * 1024))
+FTP_ABORTS=0      # downloads of abort/huge.bin aborted (direct and through the relay)
 
 # ftp_prepare_files: the shared folder on the LAN host, and the file home uploads.
 ftp_prepare_files() {
@@ -22,6 +27,8 @@ ftp_prepare_files() {
 	printf 'Shared folder of the LAN host.\n' >"$FTP_ROOT/share/readme.txt"
 	printf 'minutes\n' >"$FTP_ROOT/share/docs/minutes.txt"
 	head -c "$FTP_BIG_SIZE" /dev/urandom >"$FTP_ROOT/share/big.bin"
+	mkdir -p "$FTP_ROOT/abort"
+	truncate -s "$FTP_HUGE_SIZE" "$FTP_ROOT/abort/huge.bin"
 	chmod -R a+rX "$FTP_ROOT"
 	chown 65534:65534 "$FTP_ROOT/upload" # the FTP user's uid (nobody) writes here
 	head -c "$FTP_UP_SIZE" /dev/urandom >"$FTP_HOME/up.bin"
@@ -277,6 +284,134 @@ ftp_refusals() {
 	fi
 	log "refused by the relay over $(ftp_family "$addr"): $(grep '^refused' <<<"$out" | sed 's/^refused //; s/: \([0-9]*\) .*/ -> \1/' | tr '\n' ';')"
 	FTP_REFUSED_CMDS=$((FTP_REFUSED_CMDS + ${#args[@]} / 2))
+}
+
+# ---------------------------------------------------------------- ABOR, REST, many channels
+
+# ftp_abort_run WHERE MODE HOST: one ftplib session (ftp_client.py --abort)
+# from WHERE (router: directly to the server; home: through the relay) to
+# HOST: RETR abort/huge.bin in MODE, read 256 KiB, then ABOR as RFC 959 has it
+# (Telnet IP and Synch: "IAC IP IAC" with the last IAC as TCP urgent data, then
+# "DM ABOR\r\n"), the data connection left open and unread: the server, blocked
+# in its transfer, learns of the ABOR from the urgent data (vsftpd: SIGURG) or
+# by watching the control connection meanwhile (pure-ftpd); then NOOP and a complete download of big.bin on the same control connection.
+# Checks what an FTP user expects: the transfer's reply (426) and the ABOR's
+# (225/226) within a second, the data connection ended (EOF or reset) short of
+# the file's end, NOOP answered 200, the download intact. Sets ABORT_CODES,
+# ABORT_MS, ABORT_END, ABORT_TOTAL.
+ftp_abort_run() {
+	local where=$1 mode=$2 host=$3 tag out got line ns=$NS_HOME
+	tag="ABOR during a download over ${mode^^}, through the relay"
+	[[ $where == router ]] && ns=$NS_ROUTER tag="ABOR during a download over ${mode^^}, directly from the router"
+	got=$FTP_HOME/abort-$where-$mode.bin
+	out=$(nsx "$ns" timeout 30 python3 "$E2E_DIR/ftp_client.py" --host "$host" \
+		--user "$FTP_USER" --password "$FTP_PASS" --mode "$mode" --abort /abort/huge.bin \
+		--get /share/big.bin "$got" 2>&1) || {
+		echo "$out" >&2
+		fail "$tag: the client failed: $(grep -E '^abort (failed|codes)' <<<"$out" || tail -n1 <<<"$out")"
+	}
+	FTP_ABORTS=$((FTP_ABORTS + 1))
+	line=$(grep -E '^abort codes: ' <<<"$out") || fail "$tag: no ABOR replies: $out"
+	[[ $line =~ ^abort\ codes:\ ([0-9 ]+)\ in\ ([0-9]+)\ ms$ ]] || fail "$tag: $line"
+	ABORT_CODES=${BASH_REMATCH[1]} ABORT_MS=${BASH_REMATCH[2]}
+	# RFC 959: 426 for the transfer (cut short: with the client not reading, it
+	# could not have ended), then 225 or 226 for the ABOR.
+	[[ $ABORT_CODES =~ ^426\ 22[56]$ ]] ||
+		fail "$tag: expected 426 then 225/226, got '$ABORT_CODES': $(grep '^abort reply' <<<"$out" | tr '\n' ' ')"
+	((ABORT_MS < 1000)) || fail "$tag: the ABOR replies took $ABORT_MS ms"
+	line=$(grep -E '^abort data: ' <<<"$out") || fail "$tag: no data connection outcome: $out"
+	[[ $line =~ ^abort\ data:\ (eof|reset)\ after\ [0-9]+\ more\ bytes\ in\ [0-9]+\ ms,\ ([0-9]+)\ of ]] ||
+		fail "$tag: the data connection did not end after the ABOR: $line"
+	ABORT_END=${BASH_REMATCH[1]} ABORT_TOTAL=${BASH_REMATCH[2]}
+	((ABORT_TOTAL < FTP_HUGE_SIZE)) || fail "$tag: the whole file came ($ABORT_TOTAL bytes): nothing was aborted"
+	grep -Eq '^abort noop: 200' <<<"$out" || fail "$tag: NOOP after the ABOR: $(grep '^abort noop' <<<"$out" || echo none)"
+	[[ -f $got ]] || fail "$tag: no download after the ABOR"
+	assert_eq "$(sha "$FTP_ROOT/share/big.bin")" "$(sha "$got")" "$tag: sha256 of the download after the ABOR"
+	FTP_DOWNLOADS=$((FTP_DOWNLOADS + 1))
+	rm -f "$got"
+}
+
+# ftp_abort MODE ADDR: the ABOR check through the relay (from home to ADDR,
+# in MODE), and, as a control, the same directly from the router to the
+# server, in the mode the server then sees (PASV or PORT; once per mode). The
+# client must observe the same replies either way, as promptly, and its data
+# connection must end the same way.
+declare -A FTP_ABORT_DIRECT=()
+ftp_abort() {
+	local mode=$1 addr=$2 smode direct relay fam
+	fam=$(ftp_family "$addr")
+	case $mode in pasv | epsv | auto-passive) smode=pasv ;; *) smode=port ;; esac
+	if [[ -z ${FTP_ABORT_DIRECT[$smode]:-} ]]; then
+		ftp_abort_run router "$smode" "$LAN_HOST"
+		FTP_ABORT_DIRECT[$smode]="$ABORT_CODES, data $ABORT_END"
+		log "control, directly from the router: ABOR during a download over ${smode^^}: $ABORT_CODES in $ABORT_MS ms, data connection $ABORT_END after $ABORT_TOTAL of $FTP_HUGE_SIZE bytes; then NOOP and a download on the same control connection"
+	fi
+	direct=${FTP_ABORT_DIRECT[$smode]}
+	ftp_abort_run home "$mode" "$addr"
+	relay="$ABORT_CODES, data $ABORT_END"
+	assert_eq "$direct" "$relay" "ABOR during a download over ${mode^^} ($fam): through the relay vs directly (replies, end of the data connection)"
+	log "ok: ABOR during a download over ${mode^^} ($fam) through the relay: $ABORT_CODES in $ABORT_MS ms (as directly), data connection $ABORT_END after $ABORT_TOTAL of $FTP_HUGE_SIZE bytes; then NOOP and a download on the same control connection"
+}
+
+# ftp_rounds ADDR: one ftplib session through the relay: 10 data channels in a
+# row, PASV and PORT in turn, LIST /share/ and RETR big.bin in turn (each
+# listing right, each download's sha256 equal); then, in PORT mode on the same
+# control connection, a download resumed with REST from an odd offset.
+ftp_rounds() {
+	local addr=$1 out part=$FTP_HOME/rounds-part.bin off=1234567 i line want_mode lists=0 retrs=0
+	head -c "$off" "$FTP_ROOT/share/big.bin" >"$part"
+	out=$(on_home timeout 30 python3 "$E2E_DIR/ftp_client.py" --host "$addr" --user "$FTP_USER" \
+		--password "$FTP_PASS" --mode port --rounds 10 --round-modes pasv,port \
+		--round-list /share/ --round-get /share/big.bin --resume /share/big.bin "$part" 2>&1) || {
+		echo "$out" >&2
+		fail "10 data channels on one control connection: the client failed"
+	}
+	for ((i = 0; i < 10; i++)); do
+		((i % 2 == 0)) && want_mode=PASV || want_mode=PORT
+		line=$(grep -E "^round $i " <<<"$out") || fail "round $i: no outcome: $out"
+		case $((i % 4)) in
+		0 | 3)
+			assert_eq "round $i $want_mode list: $FTP_NAMES" "$line" "round $i: LIST /share/ over $want_mode"
+			lists=$((lists + 1))
+			;;
+		*)
+			assert_eq "round $i $want_mode retr: $FTP_BIG_SIZE $(sha "$FTP_ROOT/share/big.bin")" "$line" "round $i: RETR big.bin over $want_mode"
+			retrs=$((retrs + 1))
+			FTP_DOWNLOADS=$((FTP_DOWNLOADS + 1))
+			;;
+		esac
+	done
+	# Every round's data command was answered (the relay's 227 naming its WAN address).
+	assert_eq 5 "$(grep -c '^reply PASV: 227 ' <<<"$out")" "PASVs answered 227 in the 10 rounds"
+	ftp_check_passive_reply "rounds" "$(grep '^reply PASV' <<<"$out")" pasv "$addr"
+	assert_eq 6 "$(grep -c '^reply PORT: 200 ' <<<"$out")" "PORTs answered 200 (10 rounds and the resume)"
+	grep -Eq "^reply REST: 350 " <<<"$out" || fail "REST $off: no 350: $(grep '^reply REST' <<<"$out" || echo none)"
+	grep -q "^resume /share/big.bin from $off: $FTP_BIG_SIZE bytes$" <<<"$out" ||
+		fail "resumed download: $(grep '^resume' <<<"$out" || echo none)"
+	assert_eq "$(sha "$FTP_ROOT/share/big.bin")" "$(sha "$part")" "sha256 of the download resumed from $off (REST, PORT)"
+	rm -f "$part"
+	log "ok: 10 data channels on one control connection (PASV and PORT in turn): $lists listings and $retrs downloads right; then REST $off + RETR over PORT resumed big.bin (sha256 equal)"
+}
+
+# ftp_curl_resume ADDR: curl -C - through the relay on a download that stopped
+# after 2 MiB (the file holds the first 2 MiB of big.bin): SIZE, REST 2097152
+# (350), RETR over EPSV; the completed file matches. (The partial file is cut
+# locally: `curl -r` makes one too, but whether the server's log then counts a
+# complete download depends on timing.)
+ftp_curl_resume() {
+	local addr=$1 url got=$FTP_HOME/curl-resume.bin v=$FTP_HOME/curl-resume.log
+	url=ftp://$(ftp_url_host "$addr")/share/big.bin
+	head -c 2097152 "$FTP_ROOT/share/big.bin" >"$got"
+	on_home curl -sS -g --max-time 20 --user "$FTP_USER:$FTP_PASS" -v -C - -o "$got" "$url" 2>"$v" || {
+		cat "$v" >&2
+		fail "curl -C -: the resumed download failed"
+	}
+	assert_file_contains "$v" '^> REST 2097152' "curl -C -: REST from the partial file's size"
+	assert_file_contains "$v" '^< 350 ' "curl -C -: REST answered 350"
+	assert_file_contains "$v" '^> EPSV' "curl -C -: over EPSV"
+	assert_eq "$(sha "$FTP_ROOT/share/big.bin")" "$(sha "$got")" "curl -C -: sha256 of the resumed download"
+	rm -f "$got"
+	log "ok: curl -C - through the relay (REST 2097152, EPSV) completed a download cut at 2 MiB: sha256 equal"
 }
 
 # ---------------------------------------------------------------- the relay's totals

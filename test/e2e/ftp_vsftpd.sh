@@ -10,6 +10,16 @@
 # clients' EPSV and EPRT into those for an IPv4 server), and every PORT naming
 # the relay's LAN address.
 #
+# Then what an FTP user expects of a session (ftp_lib.sh): ABOR during a
+# download, through the relay exactly as directly from the router (426 then
+# 226 at once, the data connection ended, the control connection still in
+# use); 10 data channels in a row on one control connection; downloads resumed
+# with REST (ftplib, curl -C -). vsftpd learns of an ABOR during a transfer
+# only from the TCP urgent data (SIGURG; async_abor_enable=YES, off by default,
+# without which it does not notice an ABOR until the transfer ends): this is
+# the check that fails when the relay sends the urgent byte as plain data.
+# vsftpd's log must show each aborted transfer and its "226 ABOR successful.".
+#
 # Debian's vsftpd conflicts with pure-ftpd: .ci/run unpacks the package
 # (`apt-get download vsftpd`, `dpkg-deb -x`) into /opt/portrelay-test/vsftpd;
 # VSFTPD_BIN names another binary. No system user is created and nothing under
@@ -75,6 +85,7 @@ max_per_ip=50
 idle_session_timeout=60
 data_connection_timeout=30
 ftpd_banner=vsftpd on the LAN host
+async_abor_enable=YES
 EOF
 	grep -v '^ftp:' /etc/passwd >"$d/passwd"
 	echo "ftp:x:65534:65534:anonymous FTP:$FTP_ROOT:/usr/sbin/nologin" >>"$d/passwd"
@@ -96,6 +107,11 @@ forwards = (
 );"
 
 	ftp_run_matrix epsv
+	ftp_abort pasv "$WAN_ROUTER"
+	ftp_abort port "$WAN_ROUTER"
+	ftp_abort epsv "$WAN6_ROUTER"
+	ftp_rounds "$WAN_ROUTER"
+	ftp_curl_resume "$WAN_ROUTER"
 
 	# Every data listener of the relay, passive or active, took a port of its range.
 	local ports bad
@@ -115,9 +131,18 @@ forwards = (
 	# vsftpd's log: the relay's LAN address is the only client; it was asked for
 	# PASV and PORT (never EPSV, EPRT, LPSV, LPRT: the relay translates or
 	# refuses those), and every PORT named the relay's LAN address.
+	# (The ABOR checks' controls, run directly from the router, come from the
+	# same address: their downloads are counted in FTP_DOWNLOADS and FTP_ABORTS.)
 	local v=$d/vsftpd.log n
 	n=$(grep -Ec "OK DOWNLOAD: Client \"$LAN_ROUTER\", \"/share/big\.bin\", $FTP_BIG_SIZE bytes" "$v" || true)
 	assert_eq "$FTP_DOWNLOADS" "$n" "downloads of big.bin in vsftpd's log from $LAN_ROUTER"
+	# Each ABOR stopped its transfer (a failed download of huge.bin) and was
+	# answered by the SIGURG handler ("226 ABOR successful."): vsftpd learnt of
+	# it from the urgent data, during the transfer.
+	n=$(grep -Ec "FAIL DOWNLOAD: Client \"$LAN_ROUTER\", \"/abort/huge\.bin\"" "$v" || true)
+	assert_eq "$FTP_ABORTS" "$n" "aborted downloads of huge.bin in vsftpd's log"
+	n=$(grep -Ec 'FTP response: Client "[^"]+", "226 ABOR successful\.' "$v" || true)
+	assert_eq "$FTP_ABORTS" "$n" "'226 ABOR successful.' replies in vsftpd's log"
 	n=$(grep -Ec "OK UPLOAD: Client \"$LAN_ROUTER\", \"/upload/[^\"]+\.bin\", $FTP_UP_SIZE bytes" "$v" || true)
 	assert_eq "$FTP_UPLOADS" "$n" "uploads in vsftpd's log from $LAN_ROUTER"
 	# (The checks before portrelay started only connected: CONNECT and 220 lines.)
@@ -131,7 +156,7 @@ forwards = (
 	((pasv > 0 && port > 0)) || fail "vsftpd saw $pasv PASV and $port PORT commands"
 	n=$(grep -E 'FTP command: Client "[^"]+", "PORT ' "$v" | grep -Evc "\"PORT ${LAN_ROUTER//./,},[0-9]+,[0-9]+\"" || true)
 	assert_eq 0 "$n" "PORT commands vsftpd saw that name another address than the relay's LAN address"
-	log "vsftpd's log: $FTP_DOWNLOADS downloads and $FTP_UPLOADS uploads from $LAN_ROUTER; $pasv PASV, $port PORT (all naming $LAN_ROUTER), no EPSV/EPRT"
+	log "vsftpd's log: $FTP_DOWNLOADS downloads, $FTP_UPLOADS uploads and $FTP_ABORTS aborted downloads (226 ABOR successful) from $LAN_ROUTER; $pasv PASV, $port PORT (all naming $LAN_ROUTER), no EPSV/EPRT"
 	ftp_show_matrix
 }
 
