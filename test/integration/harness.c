@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -511,6 +512,308 @@ void hang_target_close(struct hang_target *t)
 	if (t->lfd >= 0)
 		close(t->lfd);
 	t->lfd = -1;
+}
+
+/* ---- sockets on any local address ------------------------------------------------ */
+
+int addr_parse(const char *ip, uint16_t port, struct sockaddr_storage *ss, socklen_t *len)
+{
+	memset(ss, 0, sizeof *ss);
+	struct sockaddr_in *a4 = (struct sockaddr_in *)ss;
+	struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)ss;
+	if (inet_pton(AF_INET, ip, &a4->sin_addr) == 1) {
+		a4->sin_family = AF_INET;
+		a4->sin_port = htons(port);
+		*len = sizeof *a4;
+		return 0;
+	}
+	if (inet_pton(AF_INET6, ip, &a6->sin6_addr) == 1) {
+		a6->sin6_family = AF_INET6;
+		a6->sin6_port = htons(port);
+		*len = sizeof *a6;
+		return 0;
+	}
+	errno = EINVAL;
+	return -1;
+}
+
+static int socket_at(const char *ip, uint16_t port, bool reuse)
+{
+	struct sockaddr_storage ss;
+	socklen_t len;
+	if (addr_parse(ip, port, &ss, &len) != 0)
+		return -1;
+	int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -1;
+	int one = 1;
+	if (ss.ss_family == AF_INET6)
+		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+	if (reuse)
+		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+	if (bind(fd, (struct sockaddr *)&ss, len) != 0) {
+		int e = errno;
+		close(fd);
+		errno = e;
+		return -1;
+	}
+	return fd;
+}
+
+int sock_listen_at(const char *ip, uint16_t port, int backlog)
+{
+	int fd = socket_at(ip, port, true);
+	if (fd < 0)
+		return -1;
+	if (listen(fd, backlog) != 0) {
+		int e = errno;
+		close(fd);
+		errno = e;
+		return -1;
+	}
+	return fd;
+}
+
+int sock_connect_start_from(const char *src_ip, const char *ip, uint16_t port)
+{
+	struct sockaddr_storage ss;
+	socklen_t len;
+	if (addr_parse(ip, port, &ss, &len) != 0)
+		return -1;
+	int fd = src_ip ? socket_at(src_ip, 0, false)
+			: socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -1;
+	if (connect(fd, (struct sockaddr *)&ss, len) != 0 && errno != EINPROGRESS) {
+		int e = errno;
+		close(fd);
+		errno = e;
+		return -1;
+	}
+	return fd;
+}
+
+/* Waits for a started connect; see sock_connect. */
+static int connect_finish(int fd, int timeout_ms)
+{
+	struct pollfd p = { .fd = fd, .events = POLLOUT };
+	int64_t deadline = now_ms() + timeout_ms;
+	for (;;) {
+		int rc = poll(&p, 1, remaining_ms(deadline));
+		if (rc > 0)
+			break;
+		if (rc == 0 || errno != EINTR) {
+			close(fd);
+			errno = ETIMEDOUT;
+			return -1;
+		}
+	}
+	int err = 0;
+	socklen_t elen = sizeof err;
+	getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen);
+	if (err != 0 && err != ECONNRESET) {
+		close(fd);
+		errno = err;
+		return -1;
+	}
+	return fd;
+}
+
+int sock_connect_from(const char *src_ip, const char *ip, uint16_t port, int timeout_ms)
+{
+	int fd = sock_connect_start_from(src_ip, ip, port);
+	if (fd < 0)
+		return -1;
+	return connect_finish(fd, timeout_ms);
+}
+
+const char *sock_ip_text(int fd, bool peer, char *buf, size_t len)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof ss;
+	int rc = peer ? getpeername(fd, (struct sockaddr *)&ss, &sl)
+		      : getsockname(fd, (struct sockaddr *)&ss, &sl);
+	const void *a = ss.ss_family == AF_INET6
+				? (const void *)&((struct sockaddr_in6 *)&ss)->sin6_addr
+				: (const void *)&((struct sockaddr_in *)&ss)->sin_addr;
+	if (rc != 0 || inet_ntop(ss.ss_family, a, buf, (socklen_t)len) == NULL)
+		snprintf(buf, len, "?");
+	return buf;
+}
+
+uint16_t sock_peer_port(int fd)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof ss;
+	if (getpeername(fd, (struct sockaddr *)&ss, &len) != 0)
+		return 0;
+	if (ss.ss_family == AF_INET6)
+		return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+	return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+}
+
+ssize_t sock_recv_line(int fd, char *buf, size_t cap, int timeout_ms)
+{
+	int64_t deadline = now_ms() + timeout_ms;
+	size_t n = 0;
+	if (cap == 0) {
+		errno = EMSGSIZE;
+		return -1;
+	}
+	buf[0] = '\0';
+	for (;;) {
+		if (n + 1 >= cap) {
+			errno = EMSGSIZE;
+			return -1;
+		}
+		ssize_t r = recv(fd, buf + n, 1, 0);
+		if (r == 1) {
+			n++;
+			buf[n] = '\0';
+			if (buf[n - 1] == '\n')
+				return (ssize_t)n;
+			continue;
+		}
+		if (r == 0) {
+			errno = ENODATA;
+			return -1;
+		}
+		if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+			return -1;
+		if (wait_fd(fd, POLLIN, deadline) != 0)
+			return -1;
+	}
+}
+
+/* One end of a TCP socket as /proc/net/tcp{,6} prints it: address words and port. */
+struct proc_end {
+	uint32_t words[4];
+	unsigned nwords;
+	unsigned port;
+};
+
+static void proc_end_of(const struct sockaddr_storage *ss, struct proc_end *e)
+{
+	memset(e, 0, sizeof *e);
+	if (ss->ss_family == AF_INET6) {
+		const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+		memcpy(e->words, &a->sin6_addr, 16);
+		e->nwords = 4;
+		e->port = ntohs(a->sin6_port);
+	} else {
+		const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+		memcpy(e->words, &a->sin_addr, 4);
+		e->nwords = 1;
+		e->port = ntohs(a->sin_port);
+	}
+}
+
+/* "0100007F:1F90" (the kernel prints each 32-bit word in host order). */
+static bool proc_end_parse(const char *text, unsigned nwords, struct proc_end *e)
+{
+	memset(e, 0, sizeof *e);
+	e->nwords = nwords;
+	for (unsigned i = 0; i < nwords; i++) {
+		unsigned v;
+		if (sscanf(text + 8 * i, "%8x", &v) != 1)
+			return false;
+		e->words[i] = v;
+	}
+	if (text[8 * nwords] != ':')
+		return false;
+	return sscanf(text + 8 * nwords + 1, "%x", &e->port) == 1;
+}
+
+static bool proc_end_equal(const struct proc_end *a, const struct proc_end *b)
+{
+	return a->nwords == b->nwords && a->port == b->port &&
+	       memcmp(a->words, b->words, a->nwords * sizeof a->words[0]) == 0;
+}
+
+/*
+ * Calls fn for each row of a /proc net tcp table: local and remote end,
+ * state, rx_queue and inode. Stops when fn returns true (then true).
+ */
+static bool proc_tcp_rows(const char *path, unsigned nwords,
+			  bool (*fn)(void *arg, const struct proc_end *local,
+				     const struct proc_end *remote, unsigned state,
+				     unsigned long rx_queue, unsigned long inode),
+			  void *arg)
+{
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return false;
+	char line[512];
+	bool stopped = false;
+	if (!fgets(line, sizeof line, f)) {   /* the header */
+		fclose(f);
+		return false;
+	}
+	while (!stopped && fgets(line, sizeof line, f)) {
+		char local_text[64], remote_text[64];
+		unsigned state;
+		unsigned long txq, rxq, inode;
+		if (sscanf(line, " %*u: %63s %63s %x %lx:%lx %*x:%*x %*x %*u %*d %lu", local_text,
+			   remote_text, &state, &txq, &rxq, &inode) != 6)
+			continue;
+		struct proc_end local, remote;
+		if (!proc_end_parse(local_text, nwords, &local) ||
+		    !proc_end_parse(remote_text, nwords, &remote))
+			continue;
+		stopped = fn(arg, &local, &remote, state, rxq, inode);
+	}
+	fclose(f);
+	return stopped;
+}
+
+struct unread_query {
+	struct proc_end local, remote;   /* the other end's view */
+	long unread;
+};
+
+static bool unread_row(void *arg, const struct proc_end *local, const struct proc_end *remote,
+		       unsigned state, unsigned long rx_queue, unsigned long inode)
+{
+	struct unread_query *q = arg;
+	(void)inode;
+	if (state == 0x0A || !proc_end_equal(local, &q->local) ||
+	    !proc_end_equal(remote, &q->remote))
+		return false;
+	q->unread = (long)rx_queue;
+	return true;
+}
+
+long sock_peer_unread(int fd)
+{
+	struct sockaddr_storage mine, theirs;
+	socklen_t ml = sizeof mine, tl = sizeof theirs;
+	if (getsockname(fd, (struct sockaddr *)&mine, &ml) != 0 ||
+	    getpeername(fd, (struct sockaddr *)&theirs, &tl) != 0)
+		return -1;
+	struct unread_query q = { .unread = -1 };
+	proc_end_of(&theirs, &q.local);
+	proc_end_of(&mine, &q.remote);
+	bool v6 = mine.ss_family == AF_INET6;
+	if (!proc_tcp_rows(v6 ? "/proc/net/tcp6" : "/proc/net/tcp", v6 ? 4 : 1, unread_row, &q))
+		return -1;
+	return q.unread;
+}
+
+int sock_wait_peer_read(int fd, int timeout_ms)
+{
+	int64_t deadline = now_ms() + timeout_ms;
+	for (;;) {
+		/* Bytes not acknowledged yet are not in the peer's queue either. */
+		int outq = 0;
+		bool sent = ioctl(fd, TIOCOUTQ, &outq) == 0 && outq == 0;
+		if (sent && sock_peer_unread(fd) == 0)
+			return 0;
+		if (now_ms() >= deadline) {
+			errno = ETIMEDOUT;
+			return -1;
+		}
+		sleep_ms(1);
+	}
 }
 
 /* ---- transfers ------------------------------------------------------------------ */
@@ -1531,6 +1834,89 @@ int relay_fd_count(struct relay *r)
 	}
 	closedir(d);
 	return n;
+}
+
+struct listen_query {
+	unsigned long *inodes;
+	size_t ninodes;
+	int count;
+};
+
+static bool listen_row(void *arg, const struct proc_end *local, const struct proc_end *remote,
+		       unsigned state, unsigned long rx_queue, unsigned long inode)
+{
+	struct listen_query *q = arg;
+	(void)local, (void)remote, (void)rx_queue;
+	if (state != 0x0A)
+		return false;
+	for (size_t i = 0; i < q->ninodes; i++) {
+		if (q->inodes[i] == inode) {
+			q->count++;
+			break;
+		}
+	}
+	return false;
+}
+
+int relay_listen_count(struct relay *r)
+{
+	char path[64];
+	snprintf(path, sizeof path, "/proc/%d/fd", (int)r->pid);
+	DIR *d = opendir(path);
+	if (!d)
+		return -1;
+	struct listen_query q = { 0 };
+	size_t cap = 0;
+	struct dirent *e;
+	while ((e = readdir(d)) != NULL) {
+		if (e->d_name[0] == '.')
+			continue;
+		char link[384], target[128];
+		snprintf(link, sizeof link, "%s/%s", path, e->d_name);
+		ssize_t n = readlink(link, target, sizeof target - 1);
+		if (n <= 0)
+			continue;
+		target[n] = '\0';
+		unsigned long inode;
+		if (sscanf(target, "socket:[%lu]", &inode) != 1)
+			continue;
+		if (q.ninodes == cap) {
+			cap = cap ? cap * 2 : 64;
+			unsigned long *ni = realloc(q.inodes, cap * sizeof *ni);
+			if (!ni) {
+				closedir(d);
+				free(q.inodes);
+				return -1;
+			}
+			q.inodes = ni;
+		}
+		q.inodes[q.ninodes++] = inode;
+	}
+	closedir(d);
+	char tcp[64], tcp6[64];
+	snprintf(tcp, sizeof tcp, "/proc/%d/net/tcp", (int)r->pid);
+	snprintf(tcp6, sizeof tcp6, "/proc/%d/net/tcp6", (int)r->pid);
+	proc_tcp_rows(tcp, 1, listen_row, &q);
+	proc_tcp_rows(tcp6, 4, listen_row, &q);
+	free(q.inodes);
+	return q.count;
+}
+
+char *relay_log_line_copy(struct relay *r, const char *substr)
+{
+	char *copy = NULL;
+	pthread_mutex_lock(&r->mu);
+	const char *hit = strstr(r->log, substr);
+	if (hit) {
+		const char *start = hit;
+		while (start > r->log && start[-1] != '\n')
+			start--;
+		const char *end = strchr(hit, '\n');
+		size_t len = end ? (size_t)(end - start) : strlen(start);
+		copy = strndup(start, len);
+	}
+	pthread_mutex_unlock(&r->mu);
+	return copy;
 }
 
 double relay_cpu_seconds(struct relay *r)

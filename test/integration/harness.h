@@ -105,6 +105,39 @@ struct hang_target {
 int hang_target_open(struct hang_target *t);
 void hang_target_close(struct hang_target *t);
 
+/* ---- sockets on any local address ------------------------------------------------ */
+
+/*
+ * The whole of 127.0.0.0/8 is local, so tests can give each party its own
+ * address ("127.0.0.2", or "::1"): who connected from where is then visible.
+ */
+
+/* ip (numeric IPv4 or IPv6) and port into ss; -1 if ip is not numeric. */
+int addr_parse(const char *ip, uint16_t port, struct sockaddr_storage *ss, socklen_t *len);
+/* A non-blocking, close-on-exec listener on ip:port (0 = any), SO_REUSEADDR. -1/errno. */
+int sock_listen_at(const char *ip, uint16_t port, int backlog);
+/* Starts a connect to ip:port from src_ip (NULL: the kernel's choice); returns at once. */
+int sock_connect_start_from(const char *src_ip, const char *ip, uint16_t port);
+/* As sock_connect, to ip:port from src_ip (NULL: the kernel's choice). */
+int sock_connect_from(const char *src_ip, const char *ip, uint16_t port, int timeout_ms);
+/* The IP (no port) of fd's own end, or of its peer's; "?" on error. */
+const char *sock_ip_text(int fd, bool peer, char *buf, size_t len);
+uint16_t sock_peer_port(int fd);
+/*
+ * One line, up to and with its '\n', NUL-terminated in buf. Its length, or
+ * -1 with errno: ENODATA (EOF before a line end; buf holds what came),
+ * EMSGSIZE (longer than cap - 1), ETIMEDOUT, or the socket's error.
+ * Reads byte by byte, so nothing after the line is taken from the socket.
+ */
+ssize_t sock_recv_line(int fd, char *buf, size_t cap, int timeout_ms);
+/*
+ * Bytes sent on fd that the socket at its other end has not read yet
+ * (both ends on this host: /proc/net/tcp and tcp6). -1 if not found.
+ */
+long sock_peer_unread(int fd);
+/* Waits until the other end of fd has read everything sent so far. 0, or -1/ETIMEDOUT. */
+int sock_wait_peer_read(int fd, int timeout_ms);
+
 /* ---- transfers ------------------------------------------------------------------ */
 
 /*
@@ -218,6 +251,10 @@ char *relay_log_copy(struct relay *r);
 char *relay_out_copy(struct relay *r);
 
 int relay_fd_count(struct relay *r);
+/* TCP sockets in LISTEN state among the relay's descriptors, -1 on error. */
+int relay_listen_count(struct relay *r);
+/* A copy (malloc'd) of the first log line containing substr, without its newline; NULL if none. */
+char *relay_log_line_copy(struct relay *r, const char *substr);
 /* utime + stime in seconds, -1 on error. */
 double relay_cpu_seconds(struct relay *r);
 /* VmRSS in KiB, -1 on error. */
