@@ -242,6 +242,7 @@ static void wait_log_or_fail(struct fx *fx, const char *const *subs, const char 
 struct ctl {
 	struct fx *fx;
 	int cli, srv;
+	const char *relay_outer; /* the address the client connected to */
 	char relay_inner[64];   /* the relay's address as the server sees it */
 	uint64_t to_server;     /* control bytes the server received */
 	uint64_t to_client;     /* ... the client received */
@@ -314,6 +315,7 @@ static void ctl_open_from(struct world *w, struct ctl *c, const char *src_ip)
 	c->srv = track(sock_accept(w->srv_lfd, HANG));
 	if (c->srv < 0)
 		fail_with_log(w->fx, "the server got no control connection: %s", strerror(errno));
+	c->relay_outer = w->relay_ip;
 	sock_ip_text(c->srv, true, c->relay_inner, sizeof c->relay_inner);
 	srv_say(c, greeting);
 	cli_expect(c, greeting);
@@ -333,11 +335,11 @@ static void ctl_quit(struct ctl *c)
 	close_tracked(c->srv);
 	c->srv = -1;
 	cli_expect(c, "221 Goodbye.\r\n");
-	char closed[96], ip[64];
+	/* The client as the log shows it: a.b.c.d:port, or [::ffff:a.b.c.d]:port on a dual-stack forward. */
+	char ip[64], port[32];
 	sock_ip_text(c->cli, false, ip, sizeof ip);
-	snprintf(closed, sizeof closed, strchr(ip, ':') ? "tcp closed [%s]:%u ->"
-							  : "tcp closed %s:%u ->",
-		 ip, sock_port(c->cli));
+	snprintf(port, sizeof port, "]:%u -> ", sock_port(c->cli));
+	const char *sub[] = { "tcp closed ", ip, strchr(ip, ':') ? port : port + 1, NULL };
 	int rc = sock_wait_close(c->cli, HANG, NULL);
 	if (rc != 0)
 		fail_with_log(c->fx, "after 221 the client's control connection ended with %s, "
@@ -345,9 +347,8 @@ static void ctl_quit(struct ctl *c)
 	close_tracked(c->cli);
 	c->cli = -1;
 	/* The relay has ended the session: its pending data listeners are closed and counted. */
-	const char *sub[] = { closed, NULL };
 	if (!wait_for_log_line(&c->fx->relay, sub, HANG))
-		fail_with_log(c->fx, "no \"%s\" line", closed);
+		fail_with_log(c->fx, "no \"tcp closed\" line for %s%s", ip, sub[2]);
 }
 
 /* ---- passive and active exchanges ------------------------------------------------------- */
@@ -358,7 +359,7 @@ static void bogus_227(uint16_t port, char *buf, size_t cap)
 		 port & 0xff);
 }
 
-/* The port of "227 Entering Passive Mode (127,0,0,2,p1,p2).\r\n", or fails. */
+/* The port of "227 Entering Passive Mode (h1,h2,h3,h4,p1,p2).\r\n" naming the relay, or fails. */
 static uint16_t relay_227_port(struct ctl *c, const char *line)
 {
 	unsigned a, b, cc, d, p1, p2;
@@ -367,13 +368,14 @@ static uint16_t relay_227_port(struct ctl *c, const char *line)
 		   &p2) == 6 &&
 	    p1 < 256 && p2 < 256) {
 		char relay[32];
-		commas(RELAY_IP, relay, sizeof relay);
+		commas(c->relay_outer, relay, sizeof relay);
 		snprintf(want, sizeof want, "227 Entering Passive Mode (%s,%u,%u).\r\n", relay, p1,
 			 p2);
 		if (strcmp(line, want) == 0 && (p1 << 8 | p2) != 0)
 			return (uint16_t)(p1 << 8 | p2);
 	} else {
-		snprintf(want, sizeof want, "227 Entering Passive Mode (127,0,0,2,p1,p2).\\r\\n");
+		snprintf(want, sizeof want, "227 Entering Passive Mode (%s,p1,p2).\\r\\n",
+			 c->relay_outer);
 	}
 	fail_with_log(c->fx, "the client got \"%s\", expected \"%s\" (the relay's address)",
 		      shown(line, s1, sizeof s1), shown(want, s2, sizeof s2));
@@ -1499,6 +1501,101 @@ static void test_transfer_keeps_control_alive(void **state)
 		fail_with_log(fx, "the closing tcp line does not count 1 reset and 1 idle timeout");
 }
 
+/* ---- where the relay connects for a data connection ---------------------------------------------------------------- */
+
+/* A port on ip with nothing listening (bound, then closed). */
+static uint16_t dead_port_at(const char *ip)
+{
+	int fd = sock_listen_at(ip, 0, 1);
+	assert_true(fd >= 0);
+	uint16_t port = sock_port(fd);
+	close(fd);
+	return port;
+}
+
+/*
+ * When the relay cannot reach the other end of a data connection (the
+ * server's data port, the client's port), the side that connected is reset.
+ */
+static void test_data_target_refused_resets(void **state)
+{
+	struct fx *fx = *state;
+	struct world w;
+	start_ftp_relay(fx, &w, 1, NULL, NULL);
+	struct ctl c;
+	ctl_open(&w, &c);
+
+	uint16_t dead = dead_port_at(SERVER_IP);
+	uint16_t x = passive(&c, "PASV\r\n", dead);
+	expect_connect_reset(fx, CLIENT_IP, RELAY_IP, x, "the passive port with no server behind");
+	char target[64];
+	snprintf(target, sizeof target, "-> " SERVER_IP ":%u:", dead);
+	const char *passive_closed[] = { "ftp passive data closed " CLIENT_IP ":", target,
+					 "connect refused", NULL };
+	wait_log_or_fail(fx, passive_closed, "ftp passive data closed ... connect refused");
+
+	uint16_t dead_client = dead_port_at(CLIENT_IP);
+	char cmd[64];
+	snprintf(cmd, sizeof cmd, "PORT 127,0,0,4,%u,%u\r\n", dead_client >> 8, dead_client & 0xff);
+	cli_say(&c, cmd);
+	uint16_t y = relay_port_command(&c);
+	srv_say(&c, "200 PORT command successful.\r\n");
+	cli_expect(&c, "200 PORT command successful.\r\n");
+	expect_connect_reset(fx, SERVER_IP, c.relay_inner, y, "the active port with no client behind");
+	snprintf(target, sizeof target, "-> " CLIENT_IP ":%u:", dead_client);
+	const char *active_closed[] = { "ftp active data closed " SERVER_IP ":", target,
+					"connect refused", NULL };
+	wait_log_or_fail(fx, active_closed, "ftp active data closed ... connect refused");
+	ctl_quit(&c);
+	stop_and_expect_totals(fx, 2, 2, 0, 0, 0, 0);
+	if (!relay_log_contains(&fx->relay, "stopped. tcp: 1 connections (2 failed to connect,"))
+		fail_with_log(fx, "the closing tcp line does not count 2 failed connects");
+}
+
+/*
+ * A forward on the wildcard address: each client's data port is on the
+ * address that client connected to (127.0.0.2, 127.0.0.6, and ::1 when the
+ * wildcard is dual-stack).
+ */
+static void test_wildcard_forward_answers_from_the_address_used(void **state)
+{
+	struct fx *fx = *state;
+	fx_require_relay();
+	bool v6 = ipv6_loopback_available();
+	struct world w;
+	world_server(fx, &w);
+	char *t = NULL;
+	assert_true(asprintf(&t,
+			     "forwards = (\n"
+			     "  { name = \"any\"; protocol = \"tcp\"; ftp = true;\n"
+			     "    external_address = \"%s\"; external_port = @P0@;\n"
+			     "    internal_ip = \"" SERVER_IP "\"; internal_port = %u; }\n"
+			     ");\n",
+			     v6 ? "::" : "0.0.0.0", w.srv_port) > 0);
+	uint16_t base = fx_start_relay(fx, 1, v6 ? PORTS_V4 | PORTS_V6 : PORTS_V4, t);
+	free(t);
+	world_started(&w, base);
+	int dl = track(sock_listen_at(SERVER_IP, 0, 8));
+	const char *outer[] = { "127.0.0.2", "127.0.0.6", "::1" };
+	unsigned used = 0;
+	for (int i = 0; i < (v6 ? 3 : 2); i++) {
+		w.relay_ip = outer[i];
+		struct ctl c;
+		ctl_open_from(&w, &c, i == 2 ? "::1" : CLIENT_IP);
+		uint16_t x = passive(&c, i == 2 ? "EPSV\r\n" : "PASV\r\n", sock_port(dl));
+		int d = track(sock_connect_from(i == 2 ? "::1" : CLIENT_IP, outer[i], x, HANG));
+		if (d < 0)
+			fail_with_log(fx, "connect to %s port %u: %s", outer[i], x, strerror(errno));
+		int sd = accept_or_fail(fx, dl, "the server's data port");
+		data_both_ways(fx, d, sd, 20000, 30000, 0xa7 + 2 * (uint64_t)i, outer[i]);
+		close_tracked(d);
+		close_tracked(sd);
+		ctl_quit(&c);
+		used++;
+	}
+	stop_and_expect_totals(fx, used, used, 0, 0, 0, 0);
+}
+
 /* ---- IPv6 ------------------------------------------------------------------------------------------------------- */
 
 static void skip_without_ipv6(void)
@@ -1827,6 +1924,8 @@ int main(void)
 		FTP_TEST(test_at_most_four_pending_listeners),
 		FTP_TEST(test_at_most_sixteen_commands_in_flight),
 		FTP_TEST(test_transfer_keeps_control_alive),
+		FTP_TEST(test_data_target_refused_resets),
+		FTP_TEST(test_wildcard_forward_answers_from_the_address_used),
 		FTP_TEST(test_ipv6_client_ipv4_server),
 		FTP_TEST(test_ipv4_client_ipv6_server),
 		FTP_TEST(test_config_errors_and_check),
