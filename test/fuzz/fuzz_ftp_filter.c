@@ -8,9 +8,12 @@
  *     or the side's input is done;
  *   - a failure ("line too long") only after a line of FTP_LINE_MAX bytes
  *     really came from that side;
- * and at the end, over everything the server got before the channel turned
- * opaque (AUTH TLS), read as a lenient server reads it (Telnet commands
- * dropped anywhere, blanks skipped, CR and NUL ending lines):
+ * and at the end:
+ *   - open_active was asked only for ports that a well-formed PORT/EPRT of
+ *     the client named with the client's own address, at 1024 or above;
+ * and over everything the server got before the channel turned opaque
+ * (AUTH TLS), read as a lenient server reads it (Telnet commands dropped
+ * anywhere, blanks skipped, CR and NUL ending lines):
  *   - every PORT/EPRT is exactly the relay's own line naming the listener
  *     its hook returned, and there are as many as successful open_active;
  *   - every PASV/EPSV is the relay's own bare one; no LPRT/LPSV at all;
@@ -76,6 +79,9 @@ struct run {
 	struct net_addr passive_listen, active_listen;
 	int passive_rc, active_rc;
 	unsigned passive_calls, active_ok;
+	/* The client ports open_active was asked for, and every byte the client sent. */
+	struct bytes active_ports;
+	struct bytes client_sent;
 	/* Everything each side was sent (taken from the output). */
 	struct bytes got[2];
 	/* How much of got[FTP_SERVER] came before the channel turned opaque. */
@@ -99,6 +105,7 @@ static int hook_active(void *arg, uint16_t client_port, struct net_addr *out)
 {
 	struct run *r = arg;
 	CHECK(client_port >= 1024);
+	bytes_add(&r->active_ports, &client_port, sizeof client_port);
 	if (r->active_rc == 0) {
 		*out = r->active_listen;
 		r->active_ok++;
@@ -149,6 +156,8 @@ static void feed(struct run *r, enum ftp_side side, const unsigned char *data, s
 		return;
 	if (urgent_at >= (long)len)
 		urgent_at = -1;
+	if (side == FTP_CLIENT)
+		bytes_add(&r->client_sent, data, len);
 	if (!ftp_filter_is_opaque(r->f)) {
 		for (size_t i = 0; i < len; i++) {
 			r->run_len[side] = data[i] == '\n' ? 0 : r->run_len[side] + 1;
@@ -278,6 +287,70 @@ static void check_server_stream(struct run *r, int server_family)
 		CHECK(r->passive_calls <= passive_lines);
 }
 
+static int compare_ports(const void *a, const void *b)
+{
+	uint16_t x, y;
+	memcpy(&x, a, sizeof x);
+	memcpy(&y, b, sizeof y);
+	return (x > y) - (x < y);
+}
+
+/*
+ * A listener is opened only for a PORT/EPRT the client sent naming its own
+ * address and a port of 1024 or above: the ports open_active was asked for
+ * are among those (each at most as often as it was named).
+ */
+static void check_active_requests(struct run *r, const struct net_addr *client)
+{
+	struct net_addr own = *client;
+	net_addr_unmap(&own);
+	struct bytes allowed = { 0 };
+	const char *s = (const char *)r->client_sent.data;
+	size_t start = 0;
+	for (size_t i = 0; i < r->client_sent.len; i++) {
+		if (s[i] != '\n')
+			continue;
+		size_t len = i - start;
+		if (len > 0 && s[start + len - 1] == '\r')
+			len--;
+		struct ftp_command cmd;
+		struct net_addr addr;
+		ftp_command_parse(s + start, len, &cmd);
+		int rc = -1;
+		if (cmd.verb == FTP_VERB_PORT)
+			rc = ftp_parse_port_arg(cmd.arg, cmd.arg_len, &addr);
+		else if (cmd.verb == FTP_VERB_EPRT)
+			rc = ftp_parse_eprt_arg(cmd.arg, cmd.arg_len, &addr);
+		if (rc == 0) {
+			net_addr_unmap(&addr);
+			uint16_t port = net_addr_port(&addr);
+			if (net_addr_same_ip(&addr, &own) && port >= 1024)
+				bytes_add(&allowed, &port, sizeof port);
+		}
+		start = i + 1;
+	}
+	size_t asked = r->active_ports.len / 2, named = allowed.len / 2;
+	if (asked > 0) {
+		qsort(r->active_ports.data, asked, 2, compare_ports);
+		qsort(allowed.data, named, 2, compare_ports);
+	}
+	/* Multiset inclusion of the sorted asked ports in the sorted named ones. */
+	size_t j = 0;
+	for (size_t i = 0; i < asked; i++) {
+		while (j < named && compare_ports(allowed.data + 2 * j, r->active_ports.data + 2 * i) < 0)
+			j++;
+		if (j == named || compare_ports(allowed.data + 2 * j, r->active_ports.data + 2 * i) != 0) {
+			uint16_t port;
+			memcpy(&port, r->active_ports.data + 2 * i, sizeof port);
+			fprintf(stderr, "open_active for port %u, which no valid PORT/EPRT of the "
+					"client named\n", port);
+			abort();
+		}
+		j++;
+	}
+	free(allowed.data);
+}
+
 static const char *const tokens[] = {
 	"PORT ", "EPRT ", "PASV\r\n", "EPSV\r\n", "EPSV ALL\r\n", "EPSV 1\r\n", "EPSV 2\r\n",
 	"LPRT ", "LPSV\r\n", "AUTH TLS\r\n", "ABOR\r\n", "\xff\xf4\xff\xf2", "\xff\xfb\x01",
@@ -404,8 +477,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		take(&r, FTP_SERVER, 0);
 	}
 	check_server_stream(&r, params.server_family);
+	check_active_requests(&r, &params.client_addr);
 	ftp_filter_free(r.f);
 	free(r.got[0].data);
 	free(r.got[1].data);
+	free(r.active_ports.data);
+	free(r.client_sent.data);
 	return 0;
 }

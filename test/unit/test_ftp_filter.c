@@ -335,6 +335,7 @@ static void test_session_ipv4_client_ipv4_server(void **state)
 	expect(env, FTP_CLIENT, "200 PORT command successful.\r\n");
 
 	round_trip(env, "QUIT\r\n", "221 Goodbye.\r\n");
+	ftp_filter_free(NULL);
 	assert_int_equal(env->refused_calls, 0);
 	assert_int_equal(ftp_filter_refused_count(env->f), 0);
 	assert_null(ftp_filter_failure(env->f));
