@@ -1590,8 +1590,30 @@ static void test_wildcard_forward_answers_from_the_address_used(void **state)
 		data_both_ways(fx, d, sd, 20000, 30000, 0xa7 + 2 * (uint64_t)i, outer[i]);
 		close_tracked(d);
 		close_tracked(sd);
+
+		/* Active: the relay reaches the client from the address the client used. */
+		const char *client_ip = i == 2 ? "::1" : CLIENT_IP;
+		int cl = track(sock_listen_at(client_ip, 0, 4));
+		char cmd[64];
+		if (i == 2)
+			snprintf(cmd, sizeof cmd, "EPRT |2|::1|%u|\r\n", sock_port(cl));
+		else
+			snprintf(cmd, sizeof cmd, "PORT 127,0,0,4,%u,%u\r\n", sock_port(cl) >> 8,
+				 sock_port(cl) & 0xff);
+		cli_say(&c, cmd);
+		uint16_t y = relay_port_command(&c);
+		srv_say(&c, "200 PORT command successful.\r\n");
+		cli_expect(&c, "200 PORT command successful.\r\n");
+		sd = track(sock_connect_from(SERVER_IP, c.relay_inner, y, HANG));
+		if (sd < 0)
+			fail_with_log(fx, "the server's connect to the active port: %s", strerror(errno));
+		int cd = accept_or_fail(fx, cl, "the client's data port");
+		expect_peer_ip(fx, cd, outer[i], "the client's data connection");
+		data_both_ways(fx, cd, sd, 10000, 5000, 0xb7 + 2 * (uint64_t)i, cmd);
+		close_tracked(cd);
+		close_tracked(sd);
 		ctl_quit(&c);
-		used++;
+		used += 2;
 	}
 	stop_and_expect_totals(fx, used, used, 0, 0, 0, 0);
 }
