@@ -24,6 +24,28 @@
 
 /* ---- errors ---------------------------------------------------------- */
 
+/*
+ * An error is one line, whatever the file's strings hold: control
+ * characters (a newline inside a quoted value) are written as \xNN.
+ */
+static void config_escape_controls(const char *text, char *out, size_t out_len)
+{
+	size_t n = 0;
+	for (const unsigned char *p = (const unsigned char *)text; *p != '\0'; p++) {
+		if (iscntrl(*p)) {
+			if (n + 4 >= out_len)
+				break;
+			snprintf(out + n, out_len - n, "\\x%02x", *p);
+			n += 4;
+		} else {
+			if (n + 1 >= out_len)
+				break;
+			out[n++] = (char)*p;
+		}
+	}
+	out[n] = '\0';
+}
+
 int config_fail(char *err, size_t err_len, const char *where, const char *label,
 		const char *fmt, ...)
 {
@@ -33,8 +55,11 @@ int config_fail(char *err, size_t err_len, const char *where, const char *label,
 	va_start(ap, fmt);
 	vsnprintf(reason, sizeof reason, fmt, ap);
 	va_end(ap);
-	if (err != NULL && err_len > 0)
-		snprintf(err, err_len, "%s: %s%s", where, label, reason);
+	if (err != NULL && err_len > 0) {
+		char line[CONFIG_ORIGIN_MAX + CONFIG_LABEL_MAX + CONFIG_REASON_MAX];
+		snprintf(line, sizeof line, "%s: %s%s", where, label, reason);
+		config_escape_controls(line, err, err_len);
+	}
 	return -1;
 }
 

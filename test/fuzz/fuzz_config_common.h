@@ -14,6 +14,7 @@
 #include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <ctype.h>
 #include <string.h>
 
 #include "portrelay/config.h"
@@ -51,9 +52,11 @@ int fuzz_getaddrinfo_forbidden(const char *node, const char *service,
  */
 static void check_err(const char *err, size_t len, bool input_may_have_line_ends)
 {
+	/* One line, whatever the input held: control characters come escaped. */
+	(void)input_may_have_line_ends;
 	CHECK(memchr(err, '\0', len) != NULL);
-	if (!input_may_have_line_ends)
-		CHECK(strchr(err, '\n') == NULL);
+	for (const char *p = err; *p != '\0'; p++)
+		CHECK(!iscntrl((unsigned char)*p));
 }
 
 static void check_forwards(const struct config *cfg, bool finished)

@@ -1005,6 +1005,15 @@ static void test_ftp_errors_name_their_line(void **state)
 	check_load_errors(env, CASES(cases));
 }
 
+static void test_control_characters_in_values_come_escaped_in_one_line(void **state)
+{
+	struct env *env = *state;
+
+	assert_int_equal(load(env, "ftp = { data_ports = \"31000-31999\n\"; };\n"), -1);
+	assert_error_at(env, 1, "ftp.data_ports \"31000-31999\\x0a\" is not a port number");
+	assert_null(strchr(env->err, '\n'));
+}
+
 static void test_ftp_data_ports_may_not_overlap_a_forward(void **state)
 {
 	struct env *env = *state;
@@ -1078,6 +1087,7 @@ int main(void)
 		TEST(test_ftp_defaults_let_the_kernel_pick_and_wait_30_s),
 		TEST(test_ftp_errors_name_their_line),
 		TEST(test_ftp_data_ports_may_not_overlap_a_forward),
+		TEST(test_control_characters_in_values_come_escaped_in_one_line),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
