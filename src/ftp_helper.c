@@ -383,10 +383,16 @@ static bool ftp_flush(struct ftp_helper *h, enum ftp_side side, struct ftp_helpe
 		size_t len = ftp_filter_output(h->filter, side, &data, &urgent_len);
 		if (len == 0)
 			return moved;
-		/* Up to and with the urgent byte as urgent data, the rest plainly. */
+		/*
+		 * The bytes before the urgent one plainly, then the urgent byte alone
+		 * with MSG_OOB: a one-byte send is never cut short, so the urgent
+		 * pointer cannot land on the wrong byte.
+		 */
 		int flags = MSG_NOSIGNAL;
-		if (urgent_len > 0) {
-			len = urgent_len;
+		if (urgent_len > 1) {
+			len = urgent_len - 1;
+		} else if (urgent_len == 1) {
+			len = 1;
 			flags |= MSG_OOB;
 		}
 		ssize_t sent = send(h->fd[side], data, len, flags);
