@@ -281,6 +281,7 @@ void config_defaults(struct config *cfg)
 	cfg->workers = 0;
 	cfg->busy_poll_us = 0;
 	cfg->ftp_data_timeout = 30.0;
+	cfg->shutdown_timeout = 5.0;
 }
 
 void config_free(struct config *cfg)

@@ -186,6 +186,13 @@ static int config_file_busy_poll(struct config *cfg, struct config_file *file,
 	return 0;
 }
 
+static int config_file_shutdown_timeout(struct config *cfg, struct config_file *file,
+					const config_setting_t *setting)
+{
+	return config_file_timeout(file, setting, "shutdown_timeout", true,
+				   &cfg->shutdown_timeout);
+}
+
 static int config_file_tcp(struct config *cfg, struct config_file *file,
 			   const config_setting_t *group)
 {
@@ -574,6 +581,7 @@ static const struct {
 	{ "log_level", config_file_log_level },
 	{ "workers", config_file_workers },
 	{ "busy_poll", config_file_busy_poll },
+	{ "shutdown_timeout", config_file_shutdown_timeout },
 	{ "tcp", config_file_tcp },
 	{ "udp", config_file_udp },
 	{ "ftp", config_file_ftp },

@@ -14,6 +14,7 @@
 #include "portrelay/config.h"
 #include "portrelay/listener.h"
 #include "portrelay/log.h"
+#include "portrelay/notify.h"
 #include "portrelay/relay.h"
 #include "portrelay/udp_relay.h"
 #include "portrelay/worker.h"
@@ -239,18 +240,55 @@ static void warn_udp_port_budget(const struct config *cfg)
 			 flows, low, high, ports);
 }
 
+/* What the signal handlers of the running relay work on. */
+struct service {
+	const struct config *cfg;
+	struct worker_pool *pool;
+	struct notify *notify;
+	char status[256];          /* the STATUS= line while running */
+	bool stopping;             /* a first SIGINT/SIGTERM came */
+};
+
+/*
+ * The first SIGINT/SIGTERM stops accepting and lets connections finish for
+ * shutdown_timeout seconds (worker_pool_drain); a second one, or a
+ * shutdown_timeout of 0, stops at once. Either way the exit status is 0.
+ */
 static void on_stop_signal(evutil_socket_t signum, short what, void *arg)
 {
-	struct worker_pool *pool = arg;
+	struct service *service = arg;
+	const char *name = signum == SIGINT ? "SIGINT" : "SIGTERM";
 	(void)what;
-	log_info(NULL, "%s: stopping", signum == SIGINT ? "SIGINT" : "SIGTERM");
-	worker_pool_stop(pool);
+	if (service->stopping || service->cfg->shutdown_timeout <= 0) {
+		log_info(NULL, "%s: stopping%s", name, service->stopping ? " now" : "");
+		if (!service->stopping)
+			notify_stopping(service->notify, "stopping");
+		service->stopping = true;
+		worker_pool_stop(service->pool);
+		return;
+	}
+	service->stopping = true;
+	log_info(NULL, "%s: no longer accepting; open connections may finish for up to %g s "
+		 "(shutdown_timeout; a second signal stops at once)", name,
+		 service->cfg->shutdown_timeout);
+	notify_stopping(service->notify, "stopping: letting open connections finish");
+	worker_pool_drain(service->pool, service->cfg->shutdown_timeout);
 }
 
+/*
+ * Reloading is not implemented yet. systemd's notify-reload still waits for
+ * RELOADING=1 and a READY=1 after the signal, so both are sent: the reload
+ * completes at once, having changed nothing.
+ */
 static void on_hangup_signal(evutil_socket_t signum, short what, void *arg)
 {
-	(void)signum, (void)what, (void)arg;
+	struct service *service = arg;
+	(void)signum, (void)what;
+	if (service->stopping)
+		return;
+	notify_reloading(service->notify, "reloading (not supported: nothing changes)");
 	log_warn(NULL, "SIGHUP: reloading the configuration is not supported; ignored");
+	notify_ready(service->notify, service->status);
 }
 
 static bool uses_ftp(const struct config *cfg)
@@ -304,9 +342,10 @@ static int run(const struct config *cfg, unsigned long fd_limit)
 		return EXIT_CONFIG;
 
 	struct event_base *base = worker_pool_main_base(pool);
-	struct event *sigint = evsignal_new(base, SIGINT, on_stop_signal, pool);
-	struct event *sigterm = evsignal_new(base, SIGTERM, on_stop_signal, pool);
-	struct event *sighup = evsignal_new(base, SIGHUP, on_hangup_signal, NULL);
+	struct service service = { .cfg = cfg, .pool = pool, .notify = notify_open(base) };
+	struct event *sigint = evsignal_new(base, SIGINT, on_stop_signal, &service);
+	struct event *sigterm = evsignal_new(base, SIGTERM, on_stop_signal, &service);
+	struct event *sighup = evsignal_new(base, SIGHUP, on_hangup_signal, &service);
 	evsignal_add(sigint, NULL);
 	evsignal_add(sigterm, NULL);
 	evsignal_add(sighup, NULL);
@@ -320,6 +359,11 @@ static int run(const struct config *cfg, unsigned long fd_limit)
 		 listener_set_count(first->listeners), udp_relay_socket_count(first->udp),
 		 count_enabled(cfg), workers, workers == 1 ? "" : "s",
 		 cfg->tcp_splice ? ", splice on" : "", busy_poll);
+	snprintf(service.status, sizeof service.status,
+		 "relaying %zu forwards: %u tcp listeners, %u udp sockets",
+		 count_enabled(cfg), listener_set_count(first->listeners),
+		 udp_relay_socket_count(first->udp));
+	notify_ready(service.notify, service.status);
 	int status = worker_pool_run(pool) == 0 ? EXIT_OK : EXIT_CONFIG;
 
 	worker_pool_close(pool);
@@ -329,6 +373,7 @@ static int run(const struct config *cfg, unsigned long fd_limit)
 	event_free(sigint);
 	event_free(sigterm);
 	event_free(sighup);
+	notify_close(service.notify);
 	worker_pool_free(pool);
 	return status;
 }

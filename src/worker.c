@@ -12,10 +12,16 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "portrelay/listener.h"
 #include "portrelay/log.h"
+#include "portrelay/udp_relay.h"
 
 /* Pipes per worker at most: a slice of the descriptors, bounded both ways. */
 #define WORKER_PIPES_MIN 16
+/* While draining, how often a worker looks whether its last session ended. */
+#define WORKER_DRAIN_CHECK_MS 10
+/* The byte on the stop pipe that asks for a drain; any other stops. */
+#define WORKER_DRAIN_BYTE 'd'
 
 struct worker {
 	struct worker_pool *pool;
@@ -28,6 +34,10 @@ struct worker {
 	struct event *stop_event;
 	pthread_t thread;
 	bool thread_started;
+	/* Shutdown with shutdown_timeout: no more accepting, sessions end by themselves. */
+	bool draining;
+	atomic_bool drained;           /* draining, and no session left */
+	struct event *drain_timer;
 };
 
 struct worker_pool {
@@ -35,16 +45,87 @@ struct worker_pool {
 	unsigned count;
 	struct fd_episode fd_episode;
 	atomic_uint *udp_flows_open;   /* per forward, all workers */
+	/* worker_pool_drain: the shutdown_timeout deadline, on the main thread. */
+	struct event *drain_deadline;
+	double drain_timeout;
 };
+
+static void worker_start_drain(struct worker *worker);
 
 static void worker_on_stop(evutil_socket_t fd, short what, void *arg)
 {
 	struct worker *worker = arg;
 	char byte;
+	bool stop = false, drain = false;
 	(void)what;
-	while (read(fd, &byte, 1) > 0)
-		;
-	event_base_loopbreak(worker->base);
+	while (read(fd, &byte, 1) > 0) {
+		if (byte == WORKER_DRAIN_BYTE)
+			drain = true;
+		else
+			stop = true;
+	}
+	if (stop)
+		event_base_loopbreak(worker->base);
+	else if (drain)
+		worker_start_drain(worker);
+}
+
+/*
+ * Theory of the graceful stop (worker_pool_drain): every worker closes its
+ * listeners (new connections are refused by the kernel) and its UDP sockets
+ * with their flows (UDP has no connection to finish), and keeps relaying
+ * its TCP sessions. A worker whose last session ended marks itself drained;
+ * one on its own thread leaves its loop. Worker 0, on the main thread, stops
+ * the pool once every worker is drained, or the deadline timer does so at
+ * shutdown_timeout and worker_pool_close cuts what is left.
+ */
+static bool worker_pool_all_drained(const struct worker_pool *pool)
+{
+	for (unsigned i = 0; i < pool->count; i++) {
+		if (!atomic_load(&pool->workers[i].drained))
+			return false;
+	}
+	return true;
+}
+
+static void worker_check_drained(struct worker *worker)
+{
+	if (!atomic_load(&worker->drained) && worker->ctx.session_count == 0) {
+		atomic_store(&worker->drained, true);
+		if (worker->index != 0) {
+			event_del(worker->drain_timer);
+			event_base_loopbreak(worker->base);
+			return;
+		}
+	}
+	if (worker->index == 0 && worker_pool_all_drained(worker->pool)) {
+		event_del(worker->drain_timer);
+		log_info(NULL, "every connection has finished: stopping");
+		worker_pool_stop(worker->pool);
+	}
+}
+
+static void worker_on_drain_check(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd, (void)what;
+	worker_check_drained(arg);
+}
+
+static void worker_start_drain(struct worker *worker)
+{
+	if (worker->draining)
+		return;
+	worker->draining = true;
+	listener_set_free(worker->ctx.listeners);
+	worker->ctx.listeners = NULL;
+	udp_relay_free(worker->ctx.udp);
+	worker->ctx.udp = NULL;
+	log_debug(NULL, "worker %u: listeners and udp sockets closed, %u connections open",
+		  worker->index, worker->ctx.session_count);
+	struct timeval period = relay_ms_to_timeval(WORKER_DRAIN_CHECK_MS);
+	if (worker->drain_timer != NULL)
+		event_add(worker->drain_timer, &period);
+	worker_check_drained(worker);
 }
 
 static struct relay_options worker_options(struct worker_pool *pool, const struct config *cfg,
@@ -97,6 +178,11 @@ static int worker_open(struct worker *worker, const struct config *cfg, unsigned
 	worker->stop_event = event_new(worker->base, worker->stop_pipe[0], EV_READ | EV_PERSIST,
 				       worker_on_stop, worker);
 	if (worker->stop_event == NULL || event_add(worker->stop_event, NULL) < 0)
+		return -1;
+	atomic_init(&worker->drained, false);
+	worker->drain_timer = event_new(worker->base, -1, EV_PERSIST, worker_on_drain_check,
+					worker);
+	if (worker->drain_timer == NULL)
 		return -1;
 	return relay_ctx_open(&worker->ctx);
 }
@@ -191,6 +277,43 @@ void worker_pool_stop(struct worker_pool *pool)
 	event_base_loopbreak(pool->workers[0].base);
 }
 
+static void worker_on_drain_deadline(evutil_socket_t fd, short what, void *arg)
+{
+	struct worker_pool *pool = arg;
+	(void)fd, (void)what;
+	worker_pool_stop(pool);
+	/* Every other thread is joined now: their counts can be read. */
+	unsigned open = 0;
+	for (unsigned i = 0; i < pool->count; i++)
+		open += pool->workers[i].ctx.session_count;
+	log_warn(NULL, "shutdown_timeout (%g s) passed: closing %u connection%s still open",
+		 pool->drain_timeout, open, open == 1 ? "" : "s");
+}
+
+void worker_pool_drain(struct worker_pool *pool, double timeout)
+{
+	if (pool->drain_deadline != NULL)
+		return;
+	pool->drain_timeout = timeout;
+	pool->drain_deadline = evtimer_new(pool->workers[0].base, worker_on_drain_deadline, pool);
+	struct timeval delay = relay_seconds_to_timeval(timeout);
+	if (pool->drain_deadline == NULL || event_add(pool->drain_deadline, &delay) < 0) {
+		log_warn(NULL, "cannot arm the shutdown timer: stopping now");
+		worker_pool_stop(pool);
+		return;
+	}
+	for (unsigned i = 1; i < pool->count; i++) {
+		struct worker *worker = &pool->workers[i];
+		char byte = WORKER_DRAIN_BYTE;
+		if (!worker->thread_started)
+			atomic_store(&worker->drained, true);
+		else if (write(worker->stop_pipe[1], &byte, 1) < 0 && errno != EAGAIN)
+			log_warn(NULL, "cannot ask worker %u to stop accepting: %s", i,
+				 strerror(errno));
+	}
+	worker_start_drain(&pool->workers[0]);
+}
+
 void worker_pool_counters(const struct worker_pool *pool, struct relay_counters *sum)
 {
 	memset(sum, 0, sizeof *sum);
@@ -241,6 +364,8 @@ void worker_pool_free(struct worker_pool *pool)
 		struct worker *worker = &pool->workers[i];
 		if (worker->stop_event != NULL)
 			event_free(worker->stop_event);
+		if (worker->drain_timer != NULL)
+			event_free(worker->drain_timer);
 		if (worker->stop_pipe[0] >= 0) {
 			close(worker->stop_pipe[0]);
 			close(worker->stop_pipe[1]);
@@ -248,6 +373,8 @@ void worker_pool_free(struct worker_pool *pool)
 		if (worker->base != NULL)
 			event_base_free(worker->base);
 	}
+	if (pool->drain_deadline != NULL)
+		event_free(pool->drain_deadline);
 	free(pool->workers);
 	free(pool->udp_flows_open);
 	free(pool);

@@ -78,6 +78,7 @@ struct config {
 	uint16_t ftp_data_port_first;       /* ftp.data_ports; 0-0 (default): the kernel picks */
 	uint16_t ftp_data_port_last;
 	double ftp_data_timeout;            /* seconds a data listener waits, default 30 */
+	double shutdown_timeout;            /* seconds SIGTERM lets connections finish, default 5 */
 
 	struct forward *forwards;           /* enabled and disabled, in order */
 	size_t forward_count;

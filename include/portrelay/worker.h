@@ -33,6 +33,14 @@ int worker_pool_run(struct worker_pool *pool);
 /* Asks every worker to stop; call on the main thread (from a signal event). */
 void worker_pool_stop(struct worker_pool *pool);
 
+/*
+ * The graceful stop (SIGTERM with shutdown_timeout > 0): every worker stops
+ * accepting and closes its UDP sockets; TCP sessions go on until they end,
+ * then the pool stops, or at the latest after `timeout` seconds (logged with
+ * the number of connections cut). Call on the main thread; returns at once.
+ */
+void worker_pool_drain(struct worker_pool *pool, double timeout);
+
 /* Counters of all workers added up; read after worker_pool_close. */
 void worker_pool_counters(const struct worker_pool *pool, struct relay_counters *sum);
 

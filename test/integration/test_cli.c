@@ -340,7 +340,9 @@ static void run_signal_with_open_connections(struct fx *fx, int sig)
 {
 	struct tserver *echo = fx_echo_server(fx, AF_INET);
 	char *t = NULL;
+	/* Connections that never end are cut at shutdown_timeout (test_service.c). */
 	assert_true(asprintf(&t,
+			     "shutdown_timeout = 0.5;\n"
 			     "forwards = (\n"
 			     "  { name = \"sig\"; protocol = \"tcp\"; external_address = \"127.0.0.1\";\n"
 			     "    external_port = @P0@; internal_ip = \"127.0.0.1\"; internal_port = %u; }\n"

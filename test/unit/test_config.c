@@ -318,6 +318,23 @@ static void test_workers_splice_and_busy_poll_are_read_and_checked(void **state)
 	check_load_errors(*state, CASES(cases));
 }
 
+static void test_shutdown_timeout_is_read_and_checked(void **state)
+{
+	struct env *env = *state;
+
+	assert_true(env->cfg.shutdown_timeout == 5.0);
+	assert_int_equal(load(env, "shutdown_timeout = 0;\n"), 0);
+	assert_true(env->cfg.shutdown_timeout == 0.0);
+	assert_int_equal(load(env, "shutdown_timeout = 2.5;\n"), 0);
+	assert_true(env->cfg.shutdown_timeout == 2.5);
+
+	static const struct error_case cases[] = {
+		{ "shutdown_timeout = -1.0;\n", 1, "shutdown_timeout must be a number >= 0" },
+		{ "\nshutdown_timeout = \"5\";\n", 2, "shutdown_timeout must be a number >= 0" },
+	};
+	check_load_errors(*state, CASES(cases));
+}
+
 static void test_empty_file_and_empty_lists_have_no_forwards(void **state)
 {
 	struct env *env = *state;
@@ -1053,6 +1070,7 @@ int main(void)
 		TEST(test_omitted_fields_take_defaults),
 		TEST(test_udp_idle_timeout_per_forward_overrides_the_global),
 		TEST(test_workers_splice_and_busy_poll_are_read_and_checked),
+		TEST(test_shutdown_timeout_is_read_and_checked),
 		TEST(test_empty_file_and_empty_lists_have_no_forwards),
 		TEST(test_host_name_is_resolved_and_shown),
 		TEST(test_unknown_fields_are_rejected_at_every_level),
