@@ -99,7 +99,7 @@ static void ftp_listener_on_timeout(evutil_socket_t fd, short what, void *arg)
 {
 	struct ftp_data_listener *listener = arg;
 	(void)fd, (void)what;
-	listener->owner->ctx->counters.ftp_data_expired++;
+	relay_ctx_counters(listener->owner->ctx, listener->owner->forward)->ftp_data_expired++;
 	log_debug(listener->owner->forward->name, "ftp: data listener closed unused after %.1f s",
 		  listener->owner->ctx->config->ftp_data_timeout);
 	ftp_listener_close(listener);
@@ -133,7 +133,7 @@ static void ftp_listener_on_accept(evutil_socket_t fd, short what, void *arg)
 		net_addr_unmap(&peer);
 		if (!net_addr_same_ip(&peer, &listener->allowed_peer)) {
 			char from[NET_ADDR_STRLEN], why[2 * NET_ADDR_STRLEN + 64];
-			h->ctx->counters.ftp_data_refused++;
+			relay_ctx_counters(h->ctx, h->forward)->ftp_data_refused++;
 			net_close_reset(data_fd);
 			snprintf(why, sizeof why, "data connection from %s refused (only %s may use it)",
 				 net_addr_format(&peer, from, sizeof from),
@@ -154,7 +154,7 @@ static void ftp_listener_on_accept(evutil_socket_t fd, short what, void *arg)
 		struct relay_ctx *ctx = h->ctx;
 		const struct forward *fwd = h->forward;
 		ftp_data_start_fn start = h->start_data;
-		ctx->counters.ftp_data_connected++;
+		relay_ctx_counters(ctx, fwd)->ftp_data_connected++;
 		/* One connection only: the port closes before the data flows. */
 		ftp_listener_close(listener);
 		start(ctx, fwd, &channel);
@@ -232,14 +232,14 @@ static int ftp_listener_open(struct ftp_helper *h, enum ftp_side facing,
 	while (slot < FTP_DATA_LISTENERS_MAX && h->listeners[slot] != NULL)
 		slot++;
 	if (slot == FTP_DATA_LISTENERS_MAX) {
-		h->ctx->counters.ftp_data_dropped++;
+		relay_ctx_counters(h->ctx, h->forward)->ftp_data_dropped++;
 		ftp_listener_close(h->listeners[0]);
 		memmove(&h->listeners[0], &h->listeners[1],
 			(FTP_DATA_LISTENERS_MAX - 1) * sizeof h->listeners[0]);
 		slot = FTP_DATA_LISTENERS_MAX - 1;
 	}
 	h->listeners[slot] = listener;
-	h->ctx->counters.ftp_data_opened++;
+	relay_ctx_counters(h->ctx, h->forward)->ftp_data_opened++;
 	if (log_enabled(LOG_LEVEL_DEBUG)) {
 		char where[NET_ADDR_STRLEN], to[NET_ADDR_STRLEN];
 		log_debug(h->forward->name, "ftp: %s data listener on %s for %s",
@@ -274,7 +274,7 @@ static void ftp_hook_refused(void *arg, enum ftp_verb verb, const char *why)
 {
 	struct ftp_helper *h = arg;
 	char what[160];
-	h->ctx->counters.ftp_commands_refused++;
+	relay_ctx_counters(h->ctx, h->forward)->ftp_commands_refused++;
 	snprintf(what, sizeof what, "refused %s: %s", ftp_verb_name(verb), why);
 	ftp_warn_limited(h, what);
 }
@@ -354,7 +354,7 @@ void ftp_helper_free(struct ftp_helper *h)
 		return;
 	for (int i = 0; i < FTP_DATA_LISTENERS_MAX; i++) {
 		if (h->listeners[i] != NULL) {
-			h->ctx->counters.ftp_data_dropped++;
+			relay_ctx_counters(h->ctx, h->forward)->ftp_data_dropped++;
 			ftp_listener_close(h->listeners[i]);
 		}
 	}

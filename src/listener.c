@@ -74,7 +74,7 @@ void listener_set_pause_for_fds(struct listener_set *set)
 	if (!set->exhausted) {
 		set->exhausted = true;
 		set->backoff_ms = FD_BACKOFF_FIRST_MS;
-		set->ctx->counters.accept_fd_exhausted++;
+		relay_ctx_process_counters(set->ctx)->accept_fd_exhausted++;
 		struct fd_episode *episode = set->ctx->options.fd_episode;
 		bool idle = false;
 		if (atomic_compare_exchange_strong(&episode->active, &idle, true)) {

@@ -306,7 +306,8 @@ static void log_totals(const struct config *cfg, const struct relay_counters *c)
 	log_info(NULL, "stopped. tcp: %llu connections (%llu failed to connect, %llu reset, "
 		 "%llu idle timeouts), %llu bytes to internal, %llu bytes to client, %llu "
 		 "episodes out of file descriptors",
-		 (unsigned long long)c->tcp_accepted, (unsigned long long)c->tcp_connect_failed,
+		 (unsigned long long)c->tcp_accepted,
+		 (unsigned long long)relay_counters_connect_failed(c),
 		 (unsigned long long)c->tcp_reset, (unsigned long long)c->tcp_idle_closed,
 		 (unsigned long long)c->bytes_to_internal, (unsigned long long)c->bytes_to_client,
 		 (unsigned long long)c->accept_fd_exhausted);

@@ -5,7 +5,9 @@
 
 #include <event2/event.h>
 
+#include <assert.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -47,6 +49,9 @@ int relay_ctx_init(struct relay_ctx *ctx, struct event_base *base, const struct 
 	ctx->options = *options;
 
 	TAILQ_INIT(&ctx->sessions);
+	ctx->forward_counters = calloc(cfg->forward_count + 1, sizeof *ctx->forward_counters);
+	if (ctx->forward_counters == NULL)
+		return -1;
 	/*
 	 * Every session arms the same two durations: common-timeout queues keep
 	 * them in order in O(1) instead of the timer heap's O(log n).
@@ -64,6 +69,23 @@ int relay_ctx_init(struct relay_ctx *ctx, struct event_base *base, const struct 
 	ctx->tcp_idle_timeout = common != NULL ? *common : idle_timeout;
 	ctx->tcp_idle_timeout_ms = (uint64_t)(idle_seconds * 1000.0);
 	return pump_pool_init(&ctx->pumps, options->max_pipes);
+}
+
+void relay_counters_add(struct relay_counters *sum, const struct relay_counters *c)
+{
+	/* Every field is a uint64_t (checked below): walk them as an array. */
+	static_assert(sizeof(struct relay_counters) % sizeof(uint64_t) == 0,
+		      "struct relay_counters holds uint64_t fields only");
+	uint64_t *to = (uint64_t *)sum;
+	const uint64_t *from = (const uint64_t *)c;
+	for (size_t i = 0; i < sizeof *c / sizeof(uint64_t); i++)
+		to[i] += __atomic_load_n(&from[i], __ATOMIC_RELAXED);
+}
+
+void relay_ctx_free_counters(struct relay_ctx *ctx)
+{
+	free(ctx->forward_counters);
+	ctx->forward_counters = NULL;
 }
 
 int relay_ctx_open(struct relay_ctx *ctx)

@@ -46,6 +46,7 @@ struct tcp_session {
 	TAILQ_ENTRY(tcp_session) link;
 	struct relay_ctx *ctx;
 	const struct forward *forward;
+	struct relay_counters *counters;  /* the forward's block in this worker */
 	enum session_state state;
 	struct endpoint client;
 	struct endpoint internal;
@@ -142,8 +143,7 @@ static void session_close(struct tcp_session *session, bool reset_client, bool r
 
 	TAILQ_REMOVE(&ctx->sessions, session, link);
 	ctx->session_count--;
-	ctx->counters.bytes_to_internal += session_bytes_to_internal(session);
-	ctx->counters.bytes_to_client += session_bytes_to_client(session);
+	session->counters->tcp_active--;
 	if (session->kind == SESSION_FTP_CONTROL)
 		ftp_helper_free(session_ftp(session)->helper);
 	else if (session->kind != SESSION_PLAIN)
@@ -208,7 +208,7 @@ static void session_end(struct tcp_session *session, const char *reason, bool re
  */
 static void session_fail_on(struct tcp_session *session, bool from_client, int error)
 {
-	session->ctx->counters.tcp_reset++;
+	session->counters->tcp_reset++;
 	if (error == ECONNRESET || error == EPIPE) {
 		session_end(session, from_client ? "reset by client" : "reset by internal",
 			    !from_client, from_client);
@@ -278,6 +278,13 @@ static bool session_pump(struct tcp_session *session, struct pump *pump,
 		return true;
 	uint64_t before = pump->bytes;
 	*status = pump_run(pump, source_fd, dest_fd);
+	if (pump->bytes != before) {
+		/* Counted as they move, so that a scrape sees long connections too. */
+		bool inward = (pump == &session->to_internal) !=
+			      (session->kind == SESSION_FTP_DATA_ACTIVE);
+		*(inward ? &session->counters->bytes_to_internal
+			 : &session->counters->bytes_to_client) += pump->bytes - before;
+	}
 	if (pump->bytes != before || *status == PUMP_DONE)
 		session->last_active_ms = relay_now_ms();
 	if (*status == PUMP_ERROR) {
@@ -295,9 +302,14 @@ static void session_relay_ftp(struct tcp_session *session)
 {
 	struct ftp_helper *helper = session_helper(session);
 	struct ftp_helper_status status;
-	uint64_t before = ftp_helper_bytes_to_internal(helper) + ftp_helper_bytes_to_client(helper);
+	uint64_t to_internal = ftp_helper_bytes_to_internal(helper);
+	uint64_t to_client = ftp_helper_bytes_to_client(helper);
 	ftp_helper_run(helper, &status);
-	if (ftp_helper_bytes_to_internal(helper) + ftp_helper_bytes_to_client(helper) != before)
+	to_internal = ftp_helper_bytes_to_internal(helper) - to_internal;
+	to_client = ftp_helper_bytes_to_client(helper) - to_client;
+	session->counters->bytes_to_internal += to_internal;
+	session->counters->bytes_to_client += to_client;
+	if (to_internal + to_client != 0)
 		session->last_active_ms = relay_now_ms();
 	if (status.error != 0) {
 		session_fail_on(session, status.error_from_client, status.error);
@@ -359,11 +371,14 @@ static void session_arm_idle_timer(struct tcp_session *session, const struct tim
 static void session_connect_failed(struct tcp_session *session, int error)
 {
 	char reason[128];
-	session->ctx->counters.tcp_connect_failed++;
-	if (error == ECONNREFUSED)
+	if (error == ECONNREFUSED) {
+		session->counters->tcp_connect_refused++;
 		snprintf(reason, sizeof reason, "connect refused");
-	else
+	} else {
+		*(error == ETIMEDOUT ? &session->counters->tcp_connect_timeout
+				     : &session->counters->tcp_connect_other) += 1;
 		snprintf(reason, sizeof reason, "connect failed: %s", strerror(error));
+	}
 	session_end(session, reason, true, false);
 }
 
@@ -380,7 +395,7 @@ static void session_connected(struct tcp_session *session)
 							   tcp_session_start_data);
 		session_ftp(session)->helper = helper;
 		if (helper == NULL) {
-			session->ctx->counters.tcp_reset++;
+			session->counters->tcp_reset++;
 			session_end(session, "ftp: cannot set up the helper", true, true);
 			return;
 		}
@@ -424,7 +439,7 @@ static void session_on_timer(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 
 	if (session->state == SESSION_CONNECTING) {
-		session->ctx->counters.tcp_connect_failed++;
+		session->counters->tcp_connect_timeout++;
 		session_end(session, "connect timeout", true, true);
 		return;
 	}
@@ -437,7 +452,7 @@ static void session_on_timer(evutil_socket_t fd, short what, void *arg)
 		session->last_active_ms = relay_now_ms();
 	uint64_t idle_ms = relay_now_ms() - session->last_active_ms;
 	if (idle_ms >= session->ctx->tcp_idle_timeout_ms) {
-		session->ctx->counters.tcp_idle_closed++;
+		session->counters->tcp_idle_closed++;
 		session_end(session, "idle timeout", false, false);
 		return;
 	}
@@ -457,6 +472,8 @@ static struct tcp_session *session_new(struct relay_ctx *ctx, const struct forwa
 	session->kind = (unsigned char)kind;
 	session->ctx = ctx;
 	session->forward = fwd;
+	session->counters = relay_ctx_counters(ctx, fwd);
+	session->counters->tcp_active++;
 	socklen_t len = client_addr->len <= sizeof session->client_addr ? client_addr->len : 0;
 	memcpy(&session->client_addr, &client_addr->ss, len);
 	session->client_addr_len = len;
@@ -477,7 +494,7 @@ static struct tcp_session *session_new(struct relay_ctx *ctx, const struct forwa
 void tcp_session_start(struct relay_ctx *ctx, const struct forward *fwd, uint16_t port,
 		       int client_fd, const struct net_addr *client_addr)
 {
-	ctx->counters.tcp_accepted++;
+	relay_ctx_counters(ctx, fwd)->tcp_accepted++;
 	struct tcp_session *session = session_new(ctx, fwd, client_fd, client_addr,
 						  fwd->ftp ? SESSION_FTP_CONTROL : SESSION_PLAIN);
 	if (session == NULL) {

@@ -87,6 +87,7 @@ struct udp_forward {
 	uint64_t idle_timeout_ms;
 	unsigned max_flows;
 	atomic_uint *flows_open;       /* this forward's flows in every worker */
+	struct relay_counters *counters;  /* the forward's block in this worker */
 	struct udp_port *ports;
 	unsigned port_count;
 	struct udp_drop_log {
@@ -177,7 +178,7 @@ static void udp_on_expiry(evutil_socket_t fd, short what, void *arg)
 	struct flow_entry *oldest;
 	while ((oldest = flow_table_oldest(&forward->flows)) != NULL &&
 	       now - oldest->last_active_ms >= forward->idle_timeout_ms) {
-		forward->ctx->counters.udp_flows_expired++;
+		forward->counters->udp_flows_expired++;
 		udp_flow_free(forward, udp_flow_of(oldest), "idle timeout");
 	}
 	udp_expiry_arm(forward, now);
@@ -246,7 +247,6 @@ static void udp_flow_take_replies(struct udp_relay *udp, struct udp_flow *flow,
 				  struct udp_reply_batch *replies)
 {
 	struct udp_forward *forward = flow->port->forward;
-	struct relay_ctx *ctx = forward->ctx;
 	struct udp_batch *batch = &udp->batch;
 	unsigned first = replies->received;
 	int received = -1;
@@ -261,7 +261,7 @@ static void udp_flow_take_replies(struct udp_relay *udp, struct udp_flow *flow,
 		if (received < 0 && errno != ECONNREFUSED)
 			break;
 		if (received < 0)
-			ctx->counters.udp_refused++;
+			forward->counters->udp_refused++;
 	}
 	if (received <= 0)
 		return;
@@ -275,7 +275,7 @@ static void udp_flow_take_replies(struct udp_relay *udp, struct udp_flow *flow,
 	unsigned queued_before = replies->queued;
 	for (unsigned i = first; i < replies->received; i++) {
 		if (udp_batch_truncated(batch, i)) {
-			ctx->counters.udp_dropped_truncated++;
+			forward->counters->udp_dropped_truncated++;
 			continue;
 		}
 		unsigned slot = replies->queued++;
@@ -294,7 +294,6 @@ static void udp_flow_take_replies(struct udp_relay *udp, struct udp_flow *flow,
 /* Sends queued replies, one sendmmsg per run of replies through the same port. */
 static void udp_send_replies(struct udp_relay *udp, struct udp_reply_batch *replies)
 {
-	struct relay_ctx *ctx = udp->ctx;
 	for (unsigned first = 0; first < replies->queued;) {
 		struct udp_port *port = replies->flow_of[first]->port;
 		unsigned last = first + 1;
@@ -304,8 +303,9 @@ static void udp_send_replies(struct udp_relay *udp, struct udp_reply_batch *repl
 		unsigned sent = udp_batch_send(&udp->batch, port->fd, first, last - first,
 					       &unused_refused);
 		/* UDP has no back-pressure: what the socket cannot take is dropped, as a router would. */
-		ctx->counters.udp_dropped_send += (last - first) - sent;
-		ctx->counters.udp_datagrams_to_client += sent;
+		struct relay_counters *counters = port->forward->counters;
+		counters->udp_dropped_send += (last - first) - sent;
+		counters->udp_datagrams_to_client += sent;
 		first = last;
 	}
 	replies->received = replies->queued = 0;
@@ -337,12 +337,11 @@ static struct udp_flow *udp_flow_open(struct udp_port *port, const struct flow_k
 				      socklen_t client_len)
 {
 	struct udp_forward *forward = port->forward;
-	struct relay_ctx *ctx = forward->ctx;
 
 	/* Take a place first, so that two workers cannot both take the last one. */
 	if (atomic_fetch_add(forward->flows_open, 1) >= forward->max_flows) {
 		atomic_fetch_sub(forward->flows_open, 1);
-		ctx->counters.udp_dropped_table_full++;
+		forward->counters->udp_dropped_table_full++;
 		udp_warn_limited(forward, UDP_DROP_TABLE_FULL, "flow table full (udp.max_flows)", 0);
 		return NULL;
 	}
@@ -368,7 +367,7 @@ static struct udp_flow *udp_flow_open(struct udp_port *port, const struct flow_k
 		goto fail;
 	if (!evtimer_pending(forward->expiry_timer, NULL))
 		udp_expiry_arm(forward, now);
-	ctx->counters.udp_flows_created++;
+	forward->counters->udp_flows_created++;
 	return flow;
 fail:;
 	/*
@@ -377,7 +376,7 @@ fail:;
 	 */
 	int error = errno;
 	atomic_fetch_sub(forward->flows_open, 1);
-	ctx->counters.udp_flow_failed++;
+	forward->counters->udp_flow_failed++;
 	udp_warn_limited(forward, UDP_DROP_NO_SOCKET, "cannot open a flow socket", error);
 	if (flow != NULL) {
 		if (flow->fd >= 0)
@@ -407,12 +406,12 @@ static struct udp_flow *udp_flow_for(struct udp_port *port, struct udp_batch *ba
 static void udp_flow_send_run(struct udp_batch *batch, struct udp_flow *flow, unsigned first,
 			      unsigned last)
 {
-	struct relay_ctx *ctx = flow->port->forward->ctx;
+	struct relay_counters *counters = flow->port->forward->counters;
 	for (unsigned i = first; i < last; i++)
 		udp_batch_queue(batch, i - first, i);
-	unsigned sent = udp_batch_send(batch, flow->fd, 0, last - first, &ctx->counters.udp_refused);
-	ctx->counters.udp_dropped_send += (last - first) - sent;
-	ctx->counters.udp_datagrams_to_internal += sent;
+	unsigned sent = udp_batch_send(batch, flow->fd, 0, last - first, &counters->udp_refused);
+	counters->udp_dropped_send += (last - first) - sent;
+	counters->udp_datagrams_to_internal += sent;
 	flow->datagrams_to_internal += sent;
 	udp_flow_touch(flow->port->forward, flow);
 }
@@ -420,13 +419,12 @@ static void udp_flow_send_run(struct udp_batch *batch, struct udp_flow *flow, un
 /* One batch from clients: find each datagram's flow, then send per flow. */
 static void udp_port_relay_batch(struct udp_port *port, struct udp_batch *batch, unsigned count)
 {
-	struct relay_ctx *ctx = port->forward->ctx;
 	struct udp_flow *flows[UDP_BATCH];
 
 	for (unsigned i = 0; i < count; i++) {
 		flows[i] = NULL;
 		if (udp_batch_truncated(batch, i)) {
-			ctx->counters.udp_dropped_truncated++;
+			port->forward->counters->udp_dropped_truncated++;
 			continue;
 		}
 		flows[i] = udp_flow_for(port, batch, i);
@@ -523,6 +521,7 @@ static int udp_forward_open(struct udp_relay *udp, struct udp_forward *forward,
 		forward->idle_timeout_ms = 1;
 	forward->max_flows = ctx->config->udp_max_flows;
 	forward->flows_open = &ctx->options.udp_flows_open[fwd - ctx->config->forwards];
+	forward->counters = relay_ctx_counters(ctx, fwd);
 	if (flow_table_init(&forward->flows) < 0)
 		return -1;
 	forward->expiry_timer = evtimer_new(ctx->base, udp_on_expiry, forward);

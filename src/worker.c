@@ -314,33 +314,32 @@ void worker_pool_drain(struct worker_pool *pool, double timeout)
 	worker_start_drain(&pool->workers[0]);
 }
 
+void worker_pool_forward_counters(const struct worker_pool *pool, size_t forward,
+				  struct relay_counters *sum)
+{
+	memset(sum, 0, sizeof *sum);
+	for (unsigned i = 0; i < pool->count; i++) {
+		const struct relay_ctx *ctx = &pool->workers[i].ctx;
+		if (ctx->forward_counters != NULL)
+			relay_counters_add(sum, &ctx->forward_counters[forward]);
+	}
+}
+
+unsigned worker_pool_udp_flows_open(const struct worker_pool *pool, size_t forward)
+{
+	return atomic_load_explicit(&pool->udp_flows_open[forward], memory_order_relaxed);
+}
+
 void worker_pool_counters(const struct worker_pool *pool, struct relay_counters *sum)
 {
 	memset(sum, 0, sizeof *sum);
 	for (unsigned i = 0; i < pool->count; i++) {
-		const struct relay_counters *c = &pool->workers[i].ctx.counters;
-		sum->tcp_accepted += c->tcp_accepted;
-		sum->tcp_connect_failed += c->tcp_connect_failed;
-		sum->tcp_reset += c->tcp_reset;
-		sum->tcp_idle_closed += c->tcp_idle_closed;
-		sum->accept_fd_exhausted += c->accept_fd_exhausted;
-		sum->bytes_to_internal += c->bytes_to_internal;
-		sum->bytes_to_client += c->bytes_to_client;
-		sum->udp_flows_created += c->udp_flows_created;
-		sum->udp_flows_expired += c->udp_flows_expired;
-		sum->udp_datagrams_to_internal += c->udp_datagrams_to_internal;
-		sum->udp_datagrams_to_client += c->udp_datagrams_to_client;
-		sum->udp_dropped_table_full += c->udp_dropped_table_full;
-		sum->udp_dropped_truncated += c->udp_dropped_truncated;
-		sum->udp_dropped_send += c->udp_dropped_send;
-		sum->udp_refused += c->udp_refused;
-		sum->udp_flow_failed += c->udp_flow_failed;
-		sum->ftp_data_opened += c->ftp_data_opened;
-		sum->ftp_data_connected += c->ftp_data_connected;
-		sum->ftp_data_expired += c->ftp_data_expired;
-		sum->ftp_data_dropped += c->ftp_data_dropped;
-		sum->ftp_data_refused += c->ftp_data_refused;
-		sum->ftp_commands_refused += c->ftp_commands_refused;
+		const struct relay_ctx *ctx = &pool->workers[i].ctx;
+		if (ctx->forward_counters == NULL)
+			continue;
+		/* The forwards' blocks and the process's. */
+		for (size_t f = 0; f <= ctx->config->forward_count; f++)
+			relay_counters_add(sum, &ctx->forward_counters[f]);
 	}
 }
 
@@ -370,6 +369,7 @@ void worker_pool_free(struct worker_pool *pool)
 			close(worker->stop_pipe[0]);
 			close(worker->stop_pipe[1]);
 		}
+		relay_ctx_free_counters(&worker->ctx);
 		if (worker->base != NULL)
 			event_base_free(worker->base);
 	}

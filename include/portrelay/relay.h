@@ -27,12 +27,36 @@ struct udp_relay;
 
 TAILQ_HEAD(tcp_session_list, tcp_session);
 
+/*
+ * The counters, declared once: every field is a uint64_t, summed field by
+ * field (relay_counters_add), so a new one needs no other change to be
+ * summed; metrics.c says how each is exposed.
+ *
+ * Each worker keeps one block per forward (relay_ctx.forward_counters,
+ * indexed like config->forwards) plus one for the process (index
+ * forward_count: events no forward owns, such as running out of
+ * descriptors). A block is written only by its own worker, with plain
+ * increments: a relaxed atomic read-modify-write (a locked add on x86) on
+ * every relayed batch is the cost the data path must not pay. Readers (the
+ * admin endpoint on the main thread, the closing totals) load each field
+ * with a relaxed atomic load, without stopping the worker: an aligned 64-bit
+ * store is single-copy atomic on the 64-bit targets portrelay runs on, so a
+ * reader sees an old or a new value, never a torn one, and a sum that is
+ * momentarily inconsistent between fields is fine for metrics.
+ *
+ * When the forward table becomes a reloadable snapshot, the blocks are
+ * re-keyed by forward (protocol, address, port) rather than by index: a
+ * kept forward carries its block over, a new one starts at zero.
+ */
 struct relay_counters {
 	uint64_t tcp_accepted;
-	uint64_t tcp_connect_failed;   /* refused, unreachable, timed out */
+	uint64_t tcp_active;           /* sessions open now (FTP data connections too) */
+	uint64_t tcp_connect_refused;  /* the internal host refused (RST) */
+	uint64_t tcp_connect_timeout;  /* no answer within tcp.connect_timeout */
+	uint64_t tcp_connect_other;    /* unreachable, no socket, ... */
 	uint64_t tcp_reset;            /* sessions ended by a reset or socket error */
 	uint64_t tcp_idle_closed;
-	uint64_t accept_fd_exhausted;  /* EMFILE/ENFILE episodes */
+	uint64_t accept_fd_exhausted;  /* EMFILE/ENFILE episodes (process block) */
 	uint64_t bytes_to_internal;
 	uint64_t bytes_to_client;
 
@@ -54,6 +78,15 @@ struct relay_counters {
 	uint64_t ftp_data_refused;         /* connections to them from a foreign address */
 	uint64_t ftp_commands_refused;     /* answered by the relay, never passed on */
 };
+
+/* Connect failures of every reason. */
+static inline uint64_t relay_counters_connect_failed(const struct relay_counters *c)
+{
+	return c->tcp_connect_refused + c->tcp_connect_timeout + c->tcp_connect_other;
+}
+
+/* sum += c, field by field, each read with a relaxed atomic load (see above). */
+void relay_counters_add(struct relay_counters *sum, const struct relay_counters *c);
 
 /*
  * Shared by every worker: whether the process is out of file descriptors.
@@ -88,7 +121,11 @@ struct relay_ctx {
 	struct udp_relay *udp;
 	struct tcp_session_list sessions;
 	unsigned session_count;
-	struct relay_counters counters;
+	/*
+	 * config->forward_count + 1 blocks: one per forward, then the process's
+	 * (see struct relay_counters). Outlive relay_ctx_close, for the totals.
+	 */
+	struct relay_counters *forward_counters;
 	/*
 	 * Bumped by every socket callback; relay_ctx_run's busy polling goes on
 	 * while it keeps changing.
@@ -130,8 +167,24 @@ static inline void relay_ctx_note_activity(struct relay_ctx *ctx)
 	ctx->activity++;
 }
 
-/* Closes listeners and every session, frees what ctx owns. */
+/* fwd's counter block in this context; fwd is one of ctx->config->forwards. */
+static inline struct relay_counters *relay_ctx_counters(struct relay_ctx *ctx,
+							const struct forward *fwd)
+{
+	return &ctx->forward_counters[fwd - ctx->config->forwards];
+}
+
+/* The block of events no forward owns. */
+static inline struct relay_counters *relay_ctx_process_counters(struct relay_ctx *ctx)
+{
+	return &ctx->forward_counters[ctx->config->forward_count];
+}
+
+/* Closes listeners and every session, frees what ctx owns but its counters. */
 void relay_ctx_close(struct relay_ctx *ctx);
+
+/* Frees the counters, after the last read. */
+void relay_ctx_free_counters(struct relay_ctx *ctx);
 
 /* Seconds as a double -> struct timeval. */
 struct timeval relay_seconds_to_timeval(double seconds);

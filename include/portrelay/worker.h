@@ -41,8 +41,19 @@ void worker_pool_stop(struct worker_pool *pool);
  */
 void worker_pool_drain(struct worker_pool *pool, double timeout);
 
-/* Counters of all workers added up; read after worker_pool_close. */
+/*
+ * Counters of all workers added up: every forward's and the process's.
+ * Safe while the workers run (see struct relay_counters); call on the main
+ * thread.
+ */
 void worker_pool_counters(const struct worker_pool *pool, struct relay_counters *sum);
+
+/* One forward's counters (index into config->forwards), all workers added up. */
+void worker_pool_forward_counters(const struct worker_pool *pool, size_t forward,
+				  struct relay_counters *sum);
+
+/* UDP flows open now for one forward, in every worker. */
+unsigned worker_pool_udp_flows_open(const struct worker_pool *pool, size_t forward);
 
 /* Stops the workers and closes every session, flow and socket (counted). */
 void worker_pool_close(struct worker_pool *pool);
