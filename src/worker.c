@@ -359,6 +359,9 @@ void worker_pool_free(struct worker_pool *pool)
 	if (pool == NULL)
 		return;
 	worker_pool_close(pool);
+	/* On worker 0's base: freed before it. */
+	if (pool->drain_deadline != NULL)
+		event_free(pool->drain_deadline);
 	for (unsigned i = 0; i < pool->count; i++) {
 		struct worker *worker = &pool->workers[i];
 		if (worker->stop_event != NULL)
@@ -373,8 +376,6 @@ void worker_pool_free(struct worker_pool *pool)
 		if (worker->base != NULL)
 			event_base_free(worker->base);
 	}
-	if (pool->drain_deadline != NULL)
-		event_free(pool->drain_deadline);
 	free(pool->workers);
 	free(pool->udp_flows_open);
 	free(pool);
