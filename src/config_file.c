@@ -7,12 +7,15 @@
 
 #include "portrelay/config.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -568,6 +571,112 @@ static int config_file_forwards(struct config *cfg, struct config_file *file,
 	return 0;
 }
 
+/* ---- the file: the admin endpoint ------------------------------------- */
+
+/* Longest Unix socket path: sizeof sockaddr_un.sun_path (108) minus the NUL. */
+#define CONFIG_UNIX_PATH_MAX 107
+
+static bool config_addr_is_loopback(const struct net_addr *addr)
+{
+	struct net_addr plain = *addr;
+	net_addr_unmap(&plain);
+	if (net_addr_family(&plain) == AF_INET) {
+		const struct sockaddr_in *v4 = (const struct sockaddr_in *)&plain.ss;
+		return (ntohl(v4->sin_addr.s_addr) >> 24) == 127;
+	}
+	const struct sockaddr_in6 *v6 = (const struct sockaddr_in6 *)&plain.ss;
+	return IN6_IS_ADDR_LOOPBACK(&v6->sin6_addr);
+}
+
+/* "IP:PORT", "[IPv6]:PORT" (numeric), or an absolute path: a Unix socket. */
+static int config_file_admin_listen(struct config *cfg, struct config_file *file,
+				    const config_setting_t *setting)
+{
+	const char *text = config_file_string(setting);
+	char host[CONFIG_HOST_MAX];
+	if (text == NULL)
+		return config_file_fail(file, setting,
+					"admin.listen must be a string: \"127.0.0.1:9330\" or an "
+					"absolute Unix socket path");
+	if (text[0] == '/') {
+		if (strlen(text) > CONFIG_UNIX_PATH_MAX)
+			return config_file_fail(file, setting,
+						"admin.listen: a Unix socket path is at most %d "
+						"bytes", CONFIG_UNIX_PATH_MAX);
+		cfg->admin_unix = true;
+		snprintf(cfg->admin_listen, sizeof cfg->admin_listen, "%s", text);
+		return 0;
+	}
+	const char *colon = strrchr(text, ':');
+	const char *start = text, *end = colon;
+	if (text[0] == '[') {
+		start = text + 1;
+		end = colon != NULL && colon > text && colon[-1] == ']' ? colon - 1 : NULL;
+	}
+	char *stop = NULL;
+	unsigned long port = colon != NULL ? strtoul(colon + 1, &stop, 10) : 0;
+	if (end == NULL || end < start || (size_t)(end - start) >= sizeof host ||
+	    colon[1] == '\0' || *stop != '\0' || port < 1 || port > 65535)
+		return config_file_fail(file, setting,
+					"admin.listen \"%s\" is not IP:PORT (\"127.0.0.1:9330\", "
+					"\"[::1]:9330\") nor an absolute Unix socket path", text);
+	memcpy(host, start, (size_t)(end - start));
+	host[end - start] = '\0';
+	if (net_addr_parse_ip(host, (uint16_t)port, &cfg->admin_addr) < 0)
+		return config_file_fail(file, setting,
+					"admin.listen \"%s\": \"%s\" is not a numeric IPv4 or IPv6 "
+					"address", text, host);
+	cfg->admin_unix = false;
+	snprintf(cfg->admin_listen, sizeof cfg->admin_listen, "%s", text);
+	return 0;
+}
+
+static int config_file_admin(struct config *cfg, struct config_file *file,
+			     const config_setting_t *group)
+{
+	const config_setting_t *listen = NULL;
+	if (!config_setting_is_group(group))
+		return config_file_fail(file, group, "admin must be a group { ... }");
+	/* The group as a whole: nothing of an earlier one stays. */
+	cfg->admin_listen[0] = cfg->admin_token_file[0] = '\0';
+	cfg->admin_unix = false;
+	for (int i = 0; i < config_setting_length(group); i++) {
+		const config_setting_t *setting = config_setting_get_elem(group, (unsigned)i);
+		const char *name = config_setting_name(setting);
+		const char *text = config_file_string(setting);
+		int rc = 0;
+
+		if (strcmp(name, "listen") == 0) {
+			listen = setting;
+			rc = config_file_admin_listen(cfg, file, setting);
+		} else if (strcmp(name, "token_file") == 0) {
+			if (text == NULL || text[0] == '\0' ||
+			    strlen(text) >= sizeof cfg->admin_token_file)
+				rc = config_file_fail(file, setting,
+						      "admin.token_file must be a non-empty path");
+			else
+				snprintf(cfg->admin_token_file, sizeof cfg->admin_token_file,
+					 "%s", text);
+		} else {
+			rc = config_file_fail(file, setting, "unknown field \"admin.%s\"", name);
+		}
+		if (rc < 0)
+			return -1;
+	}
+	if (listen == NULL)
+		return config_file_fail(file, group,
+					"admin.listen is required (\"127.0.0.1:9330\" or a Unix "
+					"socket path)");
+	/* Anyone who can reach a non-loopback port could read the rules and counters. */
+	if (!cfg->admin_unix && cfg->admin_token_file[0] == '\0' &&
+	    !config_addr_is_loopback(&cfg->admin_addr))
+		return config_file_fail(file, listen,
+					"admin.listen \"%s\" is not a loopback address: set "
+					"admin.token_file, or listen on 127.0.0.1, ::1 or a Unix "
+					"socket", cfg->admin_listen);
+	return 0;
+}
+
 /* ---- the file: top level ----------------------------------------------- */
 
 typedef int (*config_global_fn)(struct config *cfg, struct config_file *file,
@@ -585,6 +694,7 @@ static const struct {
 	{ "tcp", config_file_tcp },
 	{ "udp", config_file_udp },
 	{ "ftp", config_file_ftp },
+	{ "admin", config_file_admin },
 	{ "forwards", config_file_forwards },
 };
 

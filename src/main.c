@@ -11,6 +11,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include "portrelay/admin.h"
 #include "portrelay/config.h"
 #include "portrelay/listener.h"
 #include "portrelay/log.h"
@@ -341,6 +342,11 @@ static int run(const struct config *cfg, unsigned long fd_limit)
 	struct worker_pool *pool = worker_pool_open(cfg, workers, fd_limit);
 	if (pool == NULL)
 		return EXIT_CONFIG;
+	struct admin *admin = NULL;
+	if (cfg->admin_listen[0] != '\0' && (admin = admin_open(cfg, pool)) == NULL) {
+		worker_pool_free(pool);
+		return EXIT_CONFIG;
+	}
 
 	struct event_base *base = worker_pool_main_base(pool);
 	struct service service = { .cfg = cfg, .pool = pool, .notify = notify_open(base) };
@@ -375,6 +381,7 @@ static int run(const struct config *cfg, unsigned long fd_limit)
 	event_free(sigterm);
 	event_free(sighup);
 	notify_close(service.notify);
+	admin_free(admin);
 	worker_pool_free(pool);
 	return status;
 }

@@ -80,6 +80,16 @@ struct config {
 	double ftp_data_timeout;            /* seconds a data listener waits, default 30 */
 	double shutdown_timeout;            /* seconds SIGTERM lets connections finish, default 5 */
 
+	/*
+	 * admin = { listen; token_file; }: the admin endpoint (admin.c). An
+	 * empty admin_listen: none. admin_listen is "IP:PORT" ("[::1]:9330")
+	 * or an absolute Unix socket path (admin_unix).
+	 */
+	char admin_listen[CONFIG_ORIGIN_MAX];
+	bool admin_unix;
+	struct net_addr admin_addr;         /* with the port; when !admin_unix */
+	char admin_token_file[CONFIG_ORIGIN_MAX];   /* empty: no token asked */
+
 	struct forward *forwards;           /* enabled and disabled, in order */
 	size_t forward_count;
 };

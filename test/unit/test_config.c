@@ -318,6 +318,44 @@ static void test_workers_splice_and_busy_poll_are_read_and_checked(void **state)
 	check_load_errors(*state, CASES(cases));
 }
 
+static void test_admin_is_off_by_default_and_read_when_given(void **state)
+{
+	struct env *env = *state;
+
+	assert_string_equal(env->cfg.admin_listen, "");
+	assert_int_equal(load(env, "admin = { listen = \"127.0.0.1:9330\"; };\n"), 0);
+	assert_string_equal(env->cfg.admin_listen, "127.0.0.1:9330");
+	assert_false(env->cfg.admin_unix);
+	assert_int_equal(net_addr_port(&env->cfg.admin_addr), 9330);
+	assert_int_equal(load(env, "admin = { listen = \"[::1]:9331\"; };\n"), 0);
+	assert_int_equal(net_addr_family(&env->cfg.admin_addr), AF_INET6);
+	assert_int_equal(load(env, "admin = { listen = \"/run/portrelay.sock\"; };\n"), 0);
+	assert_true(env->cfg.admin_unix);
+	assert_int_equal(load(env, "admin = { listen = \"0.0.0.0:9330\";\n"
+				   "  token_file = \"/etc/portrelay/admin.token\"; };\n"), 0);
+	assert_string_equal(env->cfg.admin_token_file, "/etc/portrelay/admin.token");
+
+	static const struct error_case cases[] = {
+		{ "admin = {\n  listen = \"0.0.0.0:9330\";\n};\n", 2,
+		  "admin.listen \"0.0.0.0:9330\" is not a loopback address: set admin.token_file" },
+		{ "admin = { listen = \"[::]:9330\"; };\n", 1, "is not a loopback address" },
+		{ "admin = { listen = \"192.0.2.1:9330\"; };\n", 1, "is not a loopback address" },
+		{ "admin = { listen = \"127.0.0.1\"; };\n", 1, "is not IP:PORT" },
+		{ "admin = { listen = \"127.0.0.1:0\"; };\n", 1, "is not IP:PORT" },
+		{ "admin = { listen = \"127.0.0.1:65536\"; };\n", 1, "is not IP:PORT" },
+		{ "admin = { listen = \"localhost:9330\"; };\n", 1, "is not a numeric" },
+		{ "admin = { listen = \"run/x.sock\"; };\n", 1, "is not IP:PORT" },
+		{ "admin = { listen = 9330; };\n", 1, "admin.listen must be a string" },
+		{ "admin = { token_file = \"/t\"; };\n", 1, "admin.listen is required" },
+		{ "admin = { listen = \"127.0.0.1:1\"; token = \"x\"; };\n", 1,
+		  "unknown field \"admin.token\"" },
+		{ "admin = { listen = \"127.0.0.1:1\"; token_file = \"\"; };\n", 1,
+		  "admin.token_file must be a non-empty path" },
+		{ "admin = \"127.0.0.1:9330\";\n", 1, "admin must be a group" },
+	};
+	check_load_errors(*state, CASES(cases));
+}
+
 static void test_shutdown_timeout_is_read_and_checked(void **state)
 {
 	struct env *env = *state;
@@ -1071,6 +1109,7 @@ int main(void)
 		TEST(test_udp_idle_timeout_per_forward_overrides_the_global),
 		TEST(test_workers_splice_and_busy_poll_are_read_and_checked),
 		TEST(test_shutdown_timeout_is_read_and_checked),
+		TEST(test_admin_is_off_by_default_and_read_when_given),
 		TEST(test_empty_file_and_empty_lists_have_no_forwards),
 		TEST(test_host_name_is_resolved_and_shown),
 		TEST(test_unknown_fields_are_rejected_at_every_level),
