@@ -147,6 +147,19 @@ def echo_server():
     return lsock.getsockname()[1]
 
 
+def udp_echo_server():
+    """A UDP echo server on 127.0.0.1 in a thread; returns its port."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(('127.0.0.1', 0))
+
+    def loop():
+        while True:
+            data, peer = sock.recvfrom(65536)
+            sock.sendto(data, peer)
+    threading.Thread(target=loop, daemon=True).start()
+    return sock.getsockname()[1]
+
+
 def dead_port():
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
@@ -196,7 +209,9 @@ def need_tool(name):
 
 def test_metrics_follow_traffic(tmp):
     echo = echo_server()
+    udp_echo = udp_echo_server()
     alpha, beta, gone, admin = free_port(), free_port(), free_port(), free_port()
+    dgram = free_port()
     relay = Relay(f'''
 admin = {{ listen = "127.0.0.1:{admin}"; }};
 forwards = (
@@ -205,7 +220,9 @@ forwards = (
   {{ name = "beta \\"quoted\\" \\\\ name"; protocol = "both"; external_address = "127.0.0.1";
      external_port = {beta}; internal_ip = "127.0.0.1"; internal_port = {echo}; }},
   {{ name = "gone"; protocol = "tcp"; external_address = "127.0.0.1"; external_port = {gone};
-     internal_ip = "127.0.0.1"; internal_port = {dead_port()}; }}
+     internal_ip = "127.0.0.1"; internal_port = {dead_port()}; }},
+  {{ name = "dgram"; protocol = "udp"; external_address = "127.0.0.1"; external_port = {dgram};
+     internal_ip = "127.0.0.1"; internal_port = {udp_echo}; }}
 );
 ''', tmp)
     try:
@@ -232,6 +249,13 @@ forwards = (
                 c.recv(1)
         except OSError:
             pass
+        # Two UDP clients, 5 datagrams each, every one echoed.
+        for _ in range(2):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                u.settimeout(5)
+                for i in range(5):
+                    u.sendto(b'datagram %d' % i, ('127.0.0.1', dgram))
+                    u.recvfrom(100)
         base = f'http://127.0.0.1:{admin}'
         deadline = time.time() + 5
         while True:
@@ -259,6 +283,17 @@ forwards = (
               'alpha (tcp only) has no UDP families')
         check(sample(text, 'portrelay_tcp_connect_failures_total', forward='gone',
                      reason='refused') == 1, 'gone: 1 connect failure, reason refused')
+        check(sample(text, 'portrelay_udp_datagrams_total', forward='dgram',
+                     direction='to_internal') == 10 and
+              sample(text, 'portrelay_udp_datagrams_total', forward='dgram',
+                     direction='to_client') == 10, 'dgram: 10 datagrams each way')
+        check(sample(text, 'portrelay_udp_flows_created_total', forward='dgram') == 2 and
+              sample(text, 'portrelay_udp_flows_active', forward='dgram') == 2,
+              'dgram: 2 flows created, 2 active')
+        check(sample(text, 'portrelay_udp_dropped_datagrams_total', forward='dgram',
+                     reason='table_full') == 0, 'dgram: no drops')
+        check(sample(text, 'portrelay_tcp_connections_total', forward='dgram') is None,
+              'dgram (udp only) has no TCP families')
         check(sample(text, 'portrelay_build_info', version=relay_version()) == 1,
               'build_info carries the version')
         check((sample(text, 'portrelay_open_fds') or 0) > 5, 'open_fds counted')
@@ -276,7 +311,7 @@ forwards = (
         check(status == 200, 'GET /status: 200')
         doc = json.loads(body)
         names = [f['name'] for f in doc['forwards']]
-        check(names == ['alpha', 'beta "quoted" \\ name', 'gone'],
+        check(names == ['alpha', 'beta "quoted" \\ name', 'gone', 'dgram'],
               'status lists the forwards, names unescaped by the JSON parser')
         a = doc['forwards'][0]
         check(a['protocol'] == 'tcp' and a['external_port'] == alpha and
