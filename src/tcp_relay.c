@@ -46,7 +46,6 @@ struct tcp_session {
 	TAILQ_ENTRY(tcp_session) link;
 	struct relay_ctx *ctx;
 	const struct forward *forward;
-	struct relay_counters *counters;  /* the forward's block in this worker */
 	enum session_state state;
 	struct endpoint client;
 	struct endpoint internal;
@@ -83,6 +82,12 @@ struct session_ftp {
 static struct session_ftp *session_ftp(const struct tcp_session *session)
 {
 	return session->kind == SESSION_PLAIN ? NULL : (struct session_ftp *)(session + 1);
+}
+
+/* The forward's counter block in this worker (derived, not stored: sessions stay small). */
+static struct relay_counters *session_counters(const struct tcp_session *session)
+{
+	return relay_ctx_counters(session->ctx, session->forward);
 }
 
 static struct ftp_helper *session_helper(const struct tcp_session *session)
@@ -143,7 +148,7 @@ static void session_close(struct tcp_session *session, bool reset_client, bool r
 
 	TAILQ_REMOVE(&ctx->sessions, session, link);
 	ctx->session_count--;
-	session->counters->tcp_active--;
+	session_counters(session)->tcp_active--;
 	if (session->kind == SESSION_FTP_CONTROL)
 		ftp_helper_free(session_ftp(session)->helper);
 	else if (session->kind != SESSION_PLAIN)
@@ -208,7 +213,7 @@ static void session_end(struct tcp_session *session, const char *reason, bool re
  */
 static void session_fail_on(struct tcp_session *session, bool from_client, int error)
 {
-	session->counters->tcp_reset++;
+	session_counters(session)->tcp_reset++;
 	if (error == ECONNRESET || error == EPIPE) {
 		session_end(session, from_client ? "reset by client" : "reset by internal",
 			    !from_client, from_client);
@@ -282,8 +287,8 @@ static bool session_pump(struct tcp_session *session, struct pump *pump,
 		/* Counted as they move, so that a scrape sees long connections too. */
 		bool inward = (pump == &session->to_internal) !=
 			      (session->kind == SESSION_FTP_DATA_ACTIVE);
-		*(inward ? &session->counters->bytes_to_internal
-			 : &session->counters->bytes_to_client) += pump->bytes - before;
+		*(inward ? &session_counters(session)->bytes_to_internal
+			 : &session_counters(session)->bytes_to_client) += pump->bytes - before;
 	}
 	if (pump->bytes != before || *status == PUMP_DONE)
 		session->last_active_ms = relay_now_ms();
@@ -307,8 +312,8 @@ static void session_relay_ftp(struct tcp_session *session)
 	ftp_helper_run(helper, &status);
 	to_internal = ftp_helper_bytes_to_internal(helper) - to_internal;
 	to_client = ftp_helper_bytes_to_client(helper) - to_client;
-	session->counters->bytes_to_internal += to_internal;
-	session->counters->bytes_to_client += to_client;
+	session_counters(session)->bytes_to_internal += to_internal;
+	session_counters(session)->bytes_to_client += to_client;
 	if (to_internal + to_client != 0)
 		session->last_active_ms = relay_now_ms();
 	if (status.error != 0) {
@@ -372,11 +377,11 @@ static void session_connect_failed(struct tcp_session *session, int error)
 {
 	char reason[128];
 	if (error == ECONNREFUSED) {
-		session->counters->tcp_connect_refused++;
+		session_counters(session)->tcp_connect_refused++;
 		snprintf(reason, sizeof reason, "connect refused");
 	} else {
-		*(error == ETIMEDOUT ? &session->counters->tcp_connect_timeout
-				     : &session->counters->tcp_connect_other) += 1;
+		*(error == ETIMEDOUT ? &session_counters(session)->tcp_connect_timeout
+				     : &session_counters(session)->tcp_connect_other) += 1;
 		snprintf(reason, sizeof reason, "connect failed: %s", strerror(error));
 	}
 	session_end(session, reason, true, false);
@@ -395,7 +400,7 @@ static void session_connected(struct tcp_session *session)
 							   tcp_session_start_data);
 		session_ftp(session)->helper = helper;
 		if (helper == NULL) {
-			session->counters->tcp_reset++;
+			session_counters(session)->tcp_reset++;
 			session_end(session, "ftp: cannot set up the helper", true, true);
 			return;
 		}
@@ -439,7 +444,7 @@ static void session_on_timer(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 
 	if (session->state == SESSION_CONNECTING) {
-		session->counters->tcp_connect_timeout++;
+		session_counters(session)->tcp_connect_timeout++;
 		session_end(session, "connect timeout", true, true);
 		return;
 	}
@@ -452,7 +457,7 @@ static void session_on_timer(evutil_socket_t fd, short what, void *arg)
 		session->last_active_ms = relay_now_ms();
 	uint64_t idle_ms = relay_now_ms() - session->last_active_ms;
 	if (idle_ms >= session->ctx->tcp_idle_timeout_ms) {
-		session->counters->tcp_idle_closed++;
+		session_counters(session)->tcp_idle_closed++;
 		session_end(session, "idle timeout", false, false);
 		return;
 	}
@@ -472,8 +477,7 @@ static struct tcp_session *session_new(struct relay_ctx *ctx, const struct forwa
 	session->kind = (unsigned char)kind;
 	session->ctx = ctx;
 	session->forward = fwd;
-	session->counters = relay_ctx_counters(ctx, fwd);
-	session->counters->tcp_active++;
+	session_counters(session)->tcp_active++;
 	socklen_t len = client_addr->len <= sizeof session->client_addr ? client_addr->len : 0;
 	memcpy(&session->client_addr, &client_addr->ss, len);
 	session->client_addr_len = len;
