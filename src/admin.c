@@ -33,15 +33,14 @@
 #define ADMIN_TIMEOUT_S 10
 
 struct admin {
-	const struct config *cfg;
 	struct worker_pool *pool;
 	struct event_base *base;
 	struct evhttp *http;
 	int fd;                          /* the listening socket, until evhttp owns it */
 	char token[ADMIN_TOKEN_MAX];     /* empty: no token asked */
+	char unix_path[CONFIG_ORIGIN_MAX];   /* the Unix socket's file, removed at the end */
 	size_t token_len;
 	double start_time;               /* seconds since the epoch */
-	struct metrics_forward *forwards;   /* scratch, one per forward */
 	int stop_pipe[2];                /* a byte here ends the thread's loop */
 	struct event *stop_event;
 	pthread_t thread;
@@ -111,22 +110,32 @@ static long admin_count_open_fds(void)
 	return count - 1;
 }
 
-/* Reads every counter now, without stopping a worker. */
-static void admin_snapshot(struct admin *admin, struct metrics_process *process)
+/*
+ * Reads every counter now, without stopping a worker, for the rules in
+ * force (a reload may swap them meanwhile: the reference keeps these).
+ * forwards: one per forward of rules, or NULL when out of memory.
+ */
+static struct metrics_forward *admin_snapshot(struct admin *admin, const struct ruleset *rules,
+					      struct metrics_process *process)
 {
-	const struct config *cfg = admin->cfg;
+	const struct config *cfg = &rules->cfg;
 	memset(process, 0, sizeof *process);
 	process->version = PORTRELAY_VERSION;
 	process->start_time = admin->start_time;
 	process->open_fds = admin_count_open_fds();
-	/* Reloads do not exist yet: both results stay at zero. */
-	worker_pool_forward_counters(admin->pool, cfg->forward_count, &process->counters);
+	worker_pool_reloads(admin->pool, &process->reloads_succeeded, &process->reloads_failed);
+	worker_pool_process_counters(admin->pool, &process->counters);
+	struct metrics_forward *forwards = calloc(cfg->forward_count + 1, sizeof *forwards);
+	if (forwards == NULL)
+		return NULL;
 	for (size_t i = 0; i < cfg->forward_count; i++) {
-		struct metrics_forward *f = &admin->forwards[i];
+		struct metrics_forward *f = &forwards[i];
 		f->forward = &cfg->forwards[i];
-		worker_pool_forward_counters(admin->pool, i, &f->counters);
-		f->udp_flows_active = worker_pool_udp_flows_open(admin->pool, i);
+		forward_stats_sum(f->forward->stats, &f->counters);
+		f->udp_flows_active = atomic_load_explicit(&f->forward->stats->udp_flows_open,
+							   memory_order_relaxed);
 	}
+	return forwards;
 }
 
 static void admin_reply_text(struct evhttp_request *req, int code, const char *reason,
@@ -167,20 +176,25 @@ static void admin_on_request(struct evhttp_request *req, void *arg)
 	}
 
 	struct metrics_process process;
-	admin_snapshot(admin, &process);
+	struct ruleset *rules = worker_pool_rules(admin->pool);
+	struct metrics_forward *forwards = admin_snapshot(admin, rules, &process);
 	char *text = NULL;
 	size_t len = 0;
-	FILE *out = open_memstream(&text, &len);
+	FILE *out = forwards != NULL ? open_memstream(&text, &len) : NULL;
 	if (out == NULL) {
+		free(forwards);
+		ruleset_unref(rules);
 		admin_reply_text(req, 500, "Internal Server Error", "500 out of memory");
 		return;
 	}
 	if (metrics)
-		metrics_write_prometheus(out, &process, admin->forwards, admin->cfg->forward_count);
+		metrics_write_prometheus(out, &process, forwards, rules->cfg.forward_count);
 	else
-		metrics_write_json(out, &process, admin->forwards, admin->cfg->forward_count);
+		metrics_write_json(out, &process, forwards, rules->cfg.forward_count);
 	bool failed = ferror(out) != 0;
 	fclose(out);
+	free(forwards);
+	ruleset_unref(rules);
 	struct evbuffer *body = evbuffer_new();
 	if (failed || body == NULL || evbuffer_add(body, text, len) < 0) {
 		free(text);
@@ -280,19 +294,17 @@ struct admin *admin_open(const struct config *cfg, struct worker_pool *pool)
 	struct admin *admin = calloc(1, sizeof *admin);
 	if (admin == NULL)
 		return NULL;
-	admin->cfg = cfg;
 	admin->pool = pool;
 	admin->fd = -1;
 	admin->stop_pipe[0] = admin->stop_pipe[1] = -1;
 	struct timespec now;
 	clock_gettime(CLOCK_REALTIME, &now);
 	admin->start_time = (double)now.tv_sec + (double)now.tv_nsec / 1e9;
-	admin->forwards = calloc(cfg->forward_count + 1, sizeof *admin->forwards);
-	if (admin->forwards == NULL)
-		goto fail;
 	if (cfg->admin_token_file[0] != '\0' && admin_read_token(admin, cfg->admin_token_file) < 0)
 		goto fail;
 
+	if (cfg->admin_unix)
+		snprintf(admin->unix_path, sizeof admin->unix_path, "%s", cfg->admin_listen);
 	admin->fd = cfg->admin_unix ? admin_listen_unix(cfg->admin_listen)
 				    : net_listen_tcp(&cfg->admin_addr, 64, NET_EXCLUSIVE);
 	if (admin->fd < 0) {
@@ -344,9 +356,8 @@ void admin_free(struct admin *admin)
 		evhttp_free(admin->http);
 	if (admin->fd >= 0)
 		close(admin->fd);
-	if (admin->cfg->admin_unix && admin->cfg->admin_listen[0] != '\0' &&
-	    (admin->http != NULL || admin->fd >= 0))
-		unlink(admin->cfg->admin_listen);
+	if (admin->unix_path[0] != '\0' && (admin->http != NULL || admin->fd >= 0))
+		unlink(admin->unix_path);
 	if (admin->stop_event != NULL)
 		event_free(admin->stop_event);
 	if (admin->stop_pipe[0] >= 0) {
@@ -356,6 +367,5 @@ void admin_free(struct admin *admin)
 	if (admin->base != NULL)
 		event_base_free(admin->base);
 	explicit_bzero(admin->token, sizeof admin->token);
-	free(admin->forwards);
 	free(admin);
 }

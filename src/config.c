@@ -500,6 +500,43 @@ int config_finish(struct config *cfg, char *err, size_t err_len)
 	return config_check_ftp_data_ports(cfg, err, err_len);
 }
 
+int config_load_sources(struct config *cfg, const struct config_sources *sources, char *err,
+			size_t err_len)
+{
+	config_defaults(cfg);
+	if (sources->path != NULL && config_load_file(cfg, sources->path, err, err_len) < 0)
+		goto fail;
+	for (size_t i = 0; i < sources->spec_count; i++) {
+		if (config_add_spec(cfg, sources->specs[i], err, err_len) < 0)
+			goto fail;
+	}
+	if (config_finish(cfg, err, err_len) < 0)
+		goto fail;
+	return 0;
+fail:
+	config_free(cfg);
+	return -1;
+}
+
+bool forward_same_place(const struct forward *a, const struct forward *b)
+{
+	return a->proto == b->proto && a->external_port_first == b->external_port_first &&
+	       a->external_port_last == b->external_port_last &&
+	       net_addr_same_ip(&a->external_addr, &b->external_addr);
+}
+
+bool forward_same_rule(const struct forward *a, const struct forward *b)
+{
+	return forward_same_place(a, b) && strcmp(a->name, b->name) == 0 &&
+	       a->enabled == b->enabled && strcmp(a->internal_host, b->internal_host) == 0 &&
+	       net_addr_same_ip(&a->internal_addr, &b->internal_addr) &&
+	       a->internal_port_first == b->internal_port_first &&
+	       a->internal_port_last == b->internal_port_last &&
+	       a->udp_idle_timeout == b->udp_idle_timeout && a->ftp == b->ftp &&
+	       a->ftp_data_port_first == b->ftp_data_port_first &&
+	       a->ftp_data_port_last == b->ftp_data_port_last;
+}
+
 /* ---- describing forwards ----------------------------------------------- */
 
 unsigned forward_port_count(const struct forward *fwd)

@@ -196,6 +196,12 @@ static int config_file_shutdown_timeout(struct config *cfg, struct config_file *
 				   &cfg->shutdown_timeout);
 }
 
+static int config_file_drain_timeout(struct config *cfg, struct config_file *file,
+				     const config_setting_t *setting)
+{
+	return config_file_timeout(file, setting, "drain_timeout", true, &cfg->drain_timeout);
+}
+
 static int config_file_tcp(struct config *cfg, struct config_file *file,
 			   const config_setting_t *group)
 {
@@ -691,6 +697,7 @@ static const struct {
 	{ "workers", config_file_workers },
 	{ "busy_poll", config_file_busy_poll },
 	{ "shutdown_timeout", config_file_shutdown_timeout },
+	{ "drain_timeout", config_file_drain_timeout },
 	{ "tcp", config_file_tcp },
 	{ "udp", config_file_udp },
 	{ "ftp", config_file_ftp },

@@ -281,6 +281,11 @@ static void ftp_hook_refused(void *arg, enum ftp_verb verb, const char *why)
 
 /* ---- the control connection ---------------------------------------------------------- */
 
+void ftp_helper_set_forward(struct ftp_helper *helper, const struct forward *fwd)
+{
+	helper->forward = fwd;
+}
+
 struct ftp_helper *ftp_helper_new(struct relay_ctx *ctx, const struct forward *fwd,
 				  int client_fd, int internal_fd, ftp_data_start_fn start_data)
 {

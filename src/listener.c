@@ -8,6 +8,7 @@
 #include <event2/event.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -16,6 +17,7 @@
 #include "portrelay/config.h"
 #include "portrelay/log.h"
 #include "portrelay/relay.h"
+#include "portrelay/ruleset.h"
 #include "portrelay/tcp_relay.h"
 
 /* Connections accepted per wake-up of one listener before others get a turn. */
@@ -25,11 +27,12 @@
 #define FD_BACKOFF_MAX_MS 1000
 
 struct listener {
-	int fd;
+	int fd;                        /* -1 while borrowing: the fd is taken_from's */
 	struct event *event;
 	const struct forward *forward;
 	uint16_t port;
 	struct listener_set *set;
+	struct listener *taken_from;   /* prepared: the current listener whose socket it takes */
 };
 
 struct listener_set {
@@ -50,6 +53,8 @@ struct listener_set {
 static void listener_set_enable(struct listener_set *set, bool enable)
 {
 	for (unsigned i = 0; i < set->count; i++) {
+		if (set->listeners[i].event == NULL)
+			continue;
 		if (enable)
 			event_add(set->listeners[i].event, NULL);
 		else
@@ -143,28 +148,63 @@ static void listener_on_accept(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
-static int listener_open(struct listener_set *set, struct listener *listener,
-			 const struct forward *fwd, uint16_t port)
+/* A prepared listener on fwd's external port: a current one's socket, or a new one. */
+static int listener_prepare(struct listener_set *set, struct listener *listener,
+			    const struct forward *fwd, uint16_t port, struct listener *current,
+			    char *err, size_t err_len)
 {
+	listener->forward = fwd;
+	listener->port = port;
+	listener->set = set;
+	listener->fd = -1;
+	if (current != NULL) {
+		listener->taken_from = current;
+		return 0;
+	}
 	struct net_addr addr = fwd->external_addr;
 	net_addr_set_port(&addr, port);
 	listener->fd = net_listen_tcp(&addr, SOMAXCONN, set->ctx->options.share);
 	if (listener->fd < 0) {
 		char where[NET_ADDR_STRLEN];
-		log_error(fwd->name, "cannot listen on %s: %s",
-			  net_addr_format(&addr, where, sizeof where), strerror(errno));
-		return -1;
-	}
-	listener->forward = fwd;
-	listener->port = port;
-	listener->set = set;
-	listener->event = event_new(set->ctx->base, listener->fd, EV_READ | EV_PERSIST,
-				    listener_on_accept, listener);
-	if (listener->event == NULL || event_add(listener->event, NULL) < 0) {
-		log_error(fwd->name, "cannot register listener on port %u", port);
+		int error = errno;
+		net_addr_format(&addr, where, sizeof where);
+		snprintf(err, err_len, "forward \"%s\": cannot listen on %s: %s", fwd->name, where,
+			 strerror(error));
+		log_error(fwd->name, "cannot listen on %s: %s", where, strerror(error));
 		return -1;
 	}
 	return 0;
+}
+
+/*
+ * The current listeners of the forward in fwd's place (they are consecutive,
+ * one per port), or NULL: their sockets carry over to the new set.
+ */
+static struct listener *listener_set_find_place(struct listener_set *current,
+					       const struct forward *fwd)
+{
+	if (current == NULL)
+		return NULL;
+	for (unsigned i = 0; i < current->count; i++) {
+		if (forward_same_place(current->listeners[i].forward, fwd))
+			return &current->listeners[i];
+	}
+	return NULL;
+}
+
+/* A current listener on the same address and port (a forward whose range changed). */
+static struct listener *listener_set_find_port(struct listener_set *current,
+					      const struct forward *fwd, uint16_t port)
+{
+	if (current == NULL)
+		return NULL;
+	for (unsigned i = 0; i < current->count; i++) {
+		struct listener *listener = &current->listeners[i];
+		if (listener->port == port && listener->fd >= 0 &&
+		    net_addr_same_ip(&listener->forward->external_addr, &fwd->external_addr))
+			return listener;
+	}
+	return NULL;
 }
 
 static unsigned listener_count_needed(const struct config *cfg)
@@ -178,35 +218,76 @@ static unsigned listener_count_needed(const struct config *cfg)
 	return needed;
 }
 
-struct listener_set *listener_set_open(struct relay_ctx *ctx)
+struct listener_set *listener_set_prepare(struct relay_ctx *ctx, const struct ruleset *rules,
+					  struct listener_set *current, char *err, size_t err_len)
 {
-	const struct config *cfg = ctx->config;
+	const struct config *cfg = &rules->cfg;
 	struct listener_set *set = calloc(1, sizeof *set);
 	if (set == NULL)
-		return NULL;
+		goto oom;
 	set->ctx = ctx;
 	set->listeners = calloc(listener_count_needed(cfg) + 1, sizeof *set->listeners);
 	set->backoff_timer = evtimer_new(ctx->base, listener_on_backoff, set);
-	if (set->listeners == NULL || set->backoff_timer == NULL) {
-		listener_set_free(set);
-		return NULL;
-	}
+	if (set->listeners == NULL || set->backoff_timer == NULL)
+		goto oom;
 	for (size_t i = 0; i < cfg->forward_count; i++) {
 		const struct forward *fwd = &cfg->forwards[i];
 		if (!fwd->enabled || !(fwd->proto & FORWARD_TCP))
 			continue;
+		struct listener *same_place = listener_set_find_place(current, fwd);
 		for (unsigned p = fwd->external_port_first; p <= fwd->external_port_last; p++) {
 			struct listener *listener = &set->listeners[set->count];
-			if (listener_open(set, listener, fwd, (uint16_t)p) < 0) {
-				/* Count it so that free closes what was opened. */
-				set->count++;
+			struct listener *from = same_place != NULL
+				? same_place + (p - fwd->external_port_first)
+				: listener_set_find_port(current, fwd, (uint16_t)p);
+			/* Counted first, so that free closes what was opened. */
+			set->count++;
+			if (listener_prepare(set, listener, fwd, (uint16_t)p, from, err, err_len) < 0) {
 				listener_set_free(set);
 				return NULL;
 			}
-			set->count++;
 		}
 	}
 	return set;
+oom:
+	snprintf(err, err_len, "out of memory for the listeners");
+	listener_set_free(set);
+	return NULL;
+}
+
+void listener_set_commit(struct listener_set *set, struct listener_set *current)
+{
+	for (unsigned i = 0; i < set->count; i++) {
+		struct listener *listener = &set->listeners[i];
+		if (listener->taken_from != NULL) {
+			/* The same socket: its queue of connections not yet accepted goes along. */
+			struct listener *from = listener->taken_from;
+			if (from->event != NULL)
+				event_free(from->event);
+			from->event = NULL;
+			listener->fd = from->fd;
+			from->fd = -1;
+			listener->taken_from = NULL;
+		}
+		listener->event = event_new(set->ctx->base, listener->fd, EV_READ | EV_PERSIST,
+					    listener_on_accept, listener);
+		if (listener->event == NULL)
+			log_error(listener->forward->name, "cannot register listener on port %u",
+				  listener->port);
+	}
+	if (current != NULL) {
+		/* An episode of fd exhaustion goes on with the new set. */
+		set->exhausted = current->exhausted;
+		set->backoff_ms = current->backoff_ms;
+		if (current->paused) {
+			set->paused = true;
+			struct timeval delay = relay_ms_to_timeval(set->backoff_ms);
+			event_add(set->backoff_timer, &delay);
+		}
+	}
+	if (!set->paused)
+		listener_set_enable(set, true);
+	listener_set_free(current);   /* closes the listeners of removed ports */
 }
 
 unsigned listener_set_count(const struct listener_set *set)

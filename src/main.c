@@ -17,6 +17,8 @@
 #include "portrelay/log.h"
 #include "portrelay/notify.h"
 #include "portrelay/relay.h"
+#include "portrelay/reload.h"
+#include "portrelay/ruleset.h"
 #include "portrelay/udp_relay.h"
 #include "portrelay/worker.h"
 
@@ -115,25 +117,27 @@ static int parse_options(int argc, char **argv, struct options *opts)
 	return -1;
 }
 
-static int load_config(const struct options *opts, struct config *cfg)
+/* The sources start-up reads, and every reload again. */
+static struct config_sources config_sources_of(const struct options *opts)
+{
+	struct config_sources sources = {
+		.path = opts->config_path,
+		.specs = opts->specs,
+		.spec_count = opts->spec_count,
+	};
+	if (sources.path == NULL && sources.spec_count == 0)
+		sources.path = DEFAULT_CONFIG_PATH;
+	return sources;
+}
+
+static int load_config(const struct config_sources *sources, struct config *cfg)
 {
 	char err[1024];
-	const char *path = opts->config_path;
-	if (path == NULL && opts->spec_count == 0)
-		path = DEFAULT_CONFIG_PATH;
-
-	if (path != NULL && config_load_file(cfg, path, err, sizeof err) < 0)
-		goto fail;
-	for (size_t i = 0; i < opts->spec_count; i++) {
-		if (config_add_spec(cfg, opts->specs[i], err, sizeof err) < 0)
-			goto fail;
+	if (config_load_sources(cfg, sources, err, sizeof err) < 0) {
+		fprintf(stderr, "portrelay: %s\n", err);
+		return -1;
 	}
-	if (config_finish(cfg, err, sizeof err) < 0)
-		goto fail;
 	return 0;
-fail:
-	fprintf(stderr, "portrelay: %s\n", err);
-	return -1;
 }
 
 static size_t count_enabled(const struct config *cfg)
@@ -243,8 +247,8 @@ static void warn_udp_port_budget(const struct config *cfg)
 
 /* What the signal handlers of the running relay work on. */
 struct service {
-	const struct config *cfg;
 	struct worker_pool *pool;
+	struct reloader reloader;
 	struct notify *notify;
 	char status[256];          /* the STATUS= line while running */
 	bool stopping;             /* a first SIGINT/SIGTERM came */
@@ -260,7 +264,10 @@ static void on_stop_signal(evutil_socket_t signum, short what, void *arg)
 	struct service *service = arg;
 	const char *name = signum == SIGINT ? "SIGINT" : "SIGTERM";
 	(void)what;
-	if (service->stopping || service->cfg->shutdown_timeout <= 0) {
+	struct ruleset *rules = worker_pool_rules(service->pool);
+	double shutdown_timeout = rules->cfg.shutdown_timeout;
+	ruleset_unref(rules);
+	if (service->stopping || shutdown_timeout <= 0) {
 		log_info(NULL, "%s: stopping%s", name, service->stopping ? " now" : "");
 		if (!service->stopping)
 			notify_stopping(service->notify, "stopping");
@@ -270,25 +277,39 @@ static void on_stop_signal(evutil_socket_t signum, short what, void *arg)
 	}
 	service->stopping = true;
 	log_info(NULL, "%s: no longer accepting; open connections may finish for up to %g s "
-		 "(shutdown_timeout; a second signal stops at once)", name,
-		 service->cfg->shutdown_timeout);
+		 "(shutdown_timeout; a second signal stops at once)", name, shutdown_timeout);
 	notify_stopping(service->notify, "stopping: letting open connections finish");
-	worker_pool_drain(service->pool, service->cfg->shutdown_timeout);
+	worker_pool_drain(service->pool, shutdown_timeout);
+}
+
+/* The STATUS= line while running. */
+static void describe_status(struct service *service)
+{
+	struct ruleset *rules = worker_pool_rules(service->pool);
+	const struct relay_ctx *first = worker_pool_first(service->pool);
+	snprintf(service->status, sizeof service->status,
+		 "relaying %zu forwards: %u tcp listeners, %u udp sockets",
+		 count_enabled(&rules->cfg), listener_set_count(first->listeners),
+		 udp_relay_socket_count(first->udp));
+	ruleset_unref(rules);
 }
 
 /*
- * Reloading is not implemented yet. systemd's notify-reload still waits for
- * RELOADING=1 and a READY=1 after the signal, so both are sent: the reload
- * completes at once, having changed nothing.
+ * SIGHUP (systemctl reload): read the sources again and apply them
+ * (reload.h), between RELOADING=1 and READY=1 for systemd.
  */
 static void on_hangup_signal(evutil_socket_t signum, short what, void *arg)
 {
 	struct service *service = arg;
 	(void)signum, (void)what;
-	if (service->stopping)
+	if (service->stopping) {
+		log_info(NULL, "SIGHUP while stopping: not reloading");
 		return;
-	notify_reloading(service->notify, "reloading (not supported: nothing changes)");
-	log_warn(NULL, "SIGHUP: reloading the configuration is not supported; ignored");
+	}
+	notify_reloading(service->notify, "reloading the configuration");
+	log_info(NULL, "SIGHUP: reloading the configuration");
+	reload_run(&service->reloader);
+	describe_status(service);
 	notify_ready(service->notify, service->status);
 }
 
@@ -335,21 +356,36 @@ static void log_totals(const struct config *cfg, const struct relay_counters *c)
 			 (unsigned long long)c->ftp_commands_refused);
 }
 
-static int run(const struct config *cfg, unsigned long fd_limit)
+static int run(struct config *config, const struct config_sources *sources,
+	       bool log_level_fixed, unsigned long fd_limit)
 {
-	unsigned workers = choose_workers(cfg, fd_limit);
-	warn_udp_port_budget(cfg);
-	struct worker_pool *pool = worker_pool_open(cfg, workers, fd_limit);
-	if (pool == NULL)
+	unsigned workers = choose_workers(config, fd_limit);
+	warn_udp_port_budget(config);
+	struct ruleset *rules = ruleset_new(config, NULL, workers);
+	if (rules == NULL) {
+		log_error(NULL, "out of memory");
 		return EXIT_CONFIG;
+	}
+	const struct config *cfg = &rules->cfg;
+	struct worker_pool *pool = worker_pool_open(rules, workers, fd_limit);
+	if (pool == NULL) {
+		ruleset_unref(rules);
+		return EXIT_CONFIG;
+	}
 	struct admin *admin = NULL;
 	if (cfg->admin_listen[0] != '\0' && (admin = admin_open(cfg, pool)) == NULL) {
 		worker_pool_free(pool);
+		ruleset_unref(rules);
 		return EXIT_CONFIG;
 	}
 
 	struct event_base *base = worker_pool_main_base(pool);
-	struct service service = { .cfg = cfg, .pool = pool, .notify = notify_open(base) };
+	struct service service = {
+		.pool = pool,
+		.notify = notify_open(base),
+		.reloader = { .sources = sources, .pool = pool, .workers = workers,
+			      .log_level_fixed = log_level_fixed },
+	};
 	struct event *sigint = evsignal_new(base, SIGINT, on_stop_signal, &service);
 	struct event *sigterm = evsignal_new(base, SIGTERM, on_stop_signal, &service);
 	struct event *sighup = evsignal_new(base, SIGHUP, on_hangup_signal, &service);
@@ -366,23 +402,23 @@ static int run(const struct config *cfg, unsigned long fd_limit)
 		 listener_set_count(first->listeners), udp_relay_socket_count(first->udp),
 		 count_enabled(cfg), workers, workers == 1 ? "" : "s",
 		 cfg->tcp_splice ? ", splice on" : "", busy_poll);
-	snprintf(service.status, sizeof service.status,
-		 "relaying %zu forwards: %u tcp listeners, %u udp sockets",
-		 count_enabled(cfg), listener_set_count(first->listeners),
-		 udp_relay_socket_count(first->udp));
+	describe_status(&service);
 	notify_ready(service.notify, service.status);
 	int status = worker_pool_run(pool) == 0 ? EXIT_OK : EXIT_CONFIG;
 
 	worker_pool_close(pool);
 	struct relay_counters totals;
 	worker_pool_counters(pool, &totals);
-	log_totals(cfg, &totals);
+	struct ruleset *last = worker_pool_rules(pool);
+	log_totals(&last->cfg, &totals);
+	ruleset_unref(last);
 	event_free(sigint);
 	event_free(sigterm);
 	event_free(sighup);
 	notify_close(service.notify);
 	admin_free(admin);
 	worker_pool_free(pool);
+	ruleset_unref(rules);
 	return status;
 }
 
@@ -401,7 +437,8 @@ int main(int argc, char **argv)
 	struct config cfg;
 	config_defaults(&cfg);
 	int status = EXIT_OK;
-	if (load_config(&opts, &cfg) < 0) {
+	struct config_sources sources = config_sources_of(&opts);
+	if (load_config(&sources, &cfg) < 0) {
 		status = EXIT_CONFIG;
 		goto out;
 	}
@@ -419,7 +456,7 @@ int main(int argc, char **argv)
 
 	/* A peer that closes while we write must cost an EPIPE, not the process. */
 	signal(SIGPIPE, SIG_IGN);
-	status = run(&cfg, raise_fd_limit());
+	status = run(&cfg, &sources, opts.log_level_given, raise_fd_limit());
 out:
 	config_free(&cfg);
 	free(opts.specs);

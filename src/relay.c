@@ -11,10 +11,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "portrelay/listener.h"
 #include "portrelay/log.h"
-#include "portrelay/tcp_relay.h"
-#include "portrelay/udp_relay.h"
 
 struct timeval relay_seconds_to_timeval(double seconds)
 {
@@ -40,61 +37,127 @@ uint64_t relay_now_ms(void)
 	return (uint64_t)now.tv_sec * 1000 + (uint64_t)now.tv_nsec / 1000000;
 }
 
-int relay_ctx_init(struct relay_ctx *ctx, struct event_base *base, const struct config *cfg,
-		    const struct relay_options *options)
+/*
+ * Every session arms the same two durations: common-timeout queues keep
+ * them in order in O(1) instead of the timer heap's O(log n). A reload may
+ * change them; sessions armed before keep the old ones.
+ */
+static void relay_ctx_set_timeouts(struct relay_ctx *ctx)
 {
-	memset(ctx, 0, sizeof *ctx);
-	ctx->base = base;
-	ctx->config = cfg;
-	ctx->options = *options;
-
-	TAILQ_INIT(&ctx->sessions);
-	ctx->forward_counters = calloc(cfg->forward_count + 1, sizeof *ctx->forward_counters);
-	if (ctx->forward_counters == NULL)
-		return -1;
-	/*
-	 * Every session arms the same two durations: common-timeout queues keep
-	 * them in order in O(1) instead of the timer heap's O(log n).
-	 */
+	const struct config *cfg = ctx->config;
 	/* Below a millisecond, timers and the idle check round to nothing: clamp. */
 	double connect_seconds = cfg->tcp_connect_timeout < 0.001 ? 0.001 : cfg->tcp_connect_timeout;
 	double idle_seconds = cfg->tcp_idle_timeout > 0 && cfg->tcp_idle_timeout < 0.001
 				      ? 0.001 : cfg->tcp_idle_timeout;
 	struct timeval connect_timeout = relay_seconds_to_timeval(connect_seconds);
-	const struct timeval *common = event_base_init_common_timeout(base, &connect_timeout);
+	const struct timeval *common = event_base_init_common_timeout(ctx->base, &connect_timeout);
 	ctx->tcp_connect_timeout = common != NULL ? *common : connect_timeout;
 	struct timeval idle_timeout = relay_seconds_to_timeval(idle_seconds);
-	common = timerisset(&idle_timeout) ? event_base_init_common_timeout(base, &idle_timeout)
+	common = timerisset(&idle_timeout) ? event_base_init_common_timeout(ctx->base, &idle_timeout)
 					   : NULL;
 	ctx->tcp_idle_timeout = common != NULL ? *common : idle_timeout;
 	ctx->tcp_idle_timeout_ms = (uint64_t)(idle_seconds * 1000.0);
+}
+
+int relay_ctx_init(struct relay_ctx *ctx, struct event_base *base, unsigned worker,
+		   struct ruleset *rules, const struct relay_options *options)
+{
+	memset(ctx, 0, sizeof *ctx);
+	ctx->base = base;
+	ctx->worker = worker;
+	ctx->rules = ruleset_ref(rules);
+	ctx->config = &rules->cfg;
+	ctx->options = *options;
+	TAILQ_INIT(&ctx->sessions);
+	LIST_INIT(&ctx->retired);
+	relay_ctx_set_timeouts(ctx);
 	return pump_pool_init(&ctx->pumps, options->max_pipes);
 }
 
-void relay_counters_add(struct relay_counters *sum, const struct relay_counters *c)
+void relay_ctx_set_rules(struct relay_ctx *ctx, struct ruleset *rules)
 {
-	/* Every field is a uint64_t (checked below): walk them as an array. */
-	static_assert(sizeof(struct relay_counters) % sizeof(uint64_t) == 0,
-		      "struct relay_counters holds uint64_t fields only");
-	uint64_t *to = (uint64_t *)sum;
-	const uint64_t *from = (const uint64_t *)c;
-	for (size_t i = 0; i < sizeof *c / sizeof(uint64_t); i++)
-		to[i] += __atomic_load_n(&from[i], __ATOMIC_RELAXED);
+	/*
+	 * The old rules are retired even without users: the modules that move
+	 * their sessions and flows onto the new rules release them as they go,
+	 * and relay_ctx_release_unused frees what is left unused.
+	 */
+	struct relay_rules_use *use = calloc(1, sizeof *use);
+	if (use == NULL) {
+		/* Never free rules under their users: these stay in memory for good. */
+		log_warn(NULL, "out of memory: the previous rules stay in memory");
+	} else {
+		use->rules = ctx->rules;
+		use->users = ctx->rules_users;
+		use->retiring = true;
+		if (rules->cfg.drain_timeout > 0)
+			use->drain_deadline_ms =
+				relay_now_ms() + (uint64_t)(rules->cfg.drain_timeout * 1000.0);
+		LIST_INSERT_HEAD(&ctx->retired, use, link);
+	}
+	ctx->rules = ruleset_ref(rules);
+	ctx->config = &rules->cfg;
+	ctx->rules_users = 0;
+	relay_ctx_set_timeouts(ctx);
 }
 
-void relay_ctx_free_counters(struct relay_ctx *ctx)
+void relay_ctx_release_unused(struct relay_ctx *ctx)
 {
-	free(ctx->forward_counters);
-	ctx->forward_counters = NULL;
+	struct relay_rules_use *use = LIST_FIRST(&ctx->retired), *next;
+	for (; use != NULL; use = next) {
+		next = LIST_NEXT(use, link);
+		use->retiring = false;
+		if (use->users == 0) {
+			LIST_REMOVE(use, link);
+			ruleset_unref(use->rules);
+			free(use);
+		}
+	}
 }
 
-int relay_ctx_open(struct relay_ctx *ctx)
+struct relay_rules_use *relay_ctx_retired_of(struct relay_ctx *ctx, const struct forward *fwd)
 {
-	ctx->listeners = listener_set_open(ctx);
-	if (ctx->listeners == NULL)
-		return -1;
-	ctx->udp = udp_relay_open(ctx);
-	return ctx->udp != NULL ? 0 : -1;
+	struct relay_rules_use *use;
+	LIST_FOREACH(use, &ctx->retired, link) {
+		if (ruleset_owns(use->rules, fwd))
+			return use;
+	}
+	return NULL;
+}
+
+void relay_ctx_take_forward(struct relay_ctx *ctx, const struct forward *fwd)
+{
+	if (relay_ctx_is_current(ctx, fwd)) {
+		ctx->rules_users++;
+		return;
+	}
+	struct relay_rules_use *use = relay_ctx_retired_of(ctx, fwd);
+	if (use != NULL)
+		use->users++;
+}
+
+void relay_ctx_release_forward(struct relay_ctx *ctx, const struct forward *fwd)
+{
+	if (relay_ctx_is_current(ctx, fwd)) {
+		ctx->rules_users--;
+		return;
+	}
+	struct relay_rules_use *use = relay_ctx_retired_of(ctx, fwd);
+	if (use == NULL || --use->users > 0 || use->retiring)
+		return;
+	LIST_REMOVE(use, link);
+	ruleset_unref(use->rules);
+	free(use);
+}
+
+uint64_t relay_ctx_next_drain_ms(const struct relay_ctx *ctx)
+{
+	uint64_t next = 0;
+	const struct relay_rules_use *use;
+	LIST_FOREACH(use, &ctx->retired, link) {
+		if (use->drain_deadline_ms != 0 && (next == 0 || use->drain_deadline_ms < next))
+			next = use->drain_deadline_ms;
+	}
+	return next;
 }
 
 static uint64_t relay_now_us(void)
@@ -150,15 +213,15 @@ void relay_ctx_run(struct relay_ctx *ctx)
 	}
 }
 
-void relay_ctx_close(struct relay_ctx *ctx)
+void relay_ctx_destroy(struct relay_ctx *ctx)
 {
-	listener_set_free(ctx->listeners);
-	ctx->listeners = NULL;
-	udp_relay_free(ctx->udp);
-	ctx->udp = NULL;
-	struct tcp_session *session;
-	while ((session = TAILQ_FIRST(&ctx->sessions)) != NULL)
-		tcp_session_free(session);
 	pump_pool_destroy(&ctx->pumps);
+	struct relay_rules_use *use;
+	while ((use = LIST_FIRST(&ctx->retired)) != NULL) {
+		LIST_REMOVE(use, link);
+		ruleset_unref(use->rules);
+		free(use);
+	}
+	ruleset_unref(ctx->rules);
+	ctx->rules = NULL;
 }
-

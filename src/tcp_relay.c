@@ -149,6 +149,7 @@ static void session_close(struct tcp_session *session, bool reset_client, bool r
 	TAILQ_REMOVE(&ctx->sessions, session, link);
 	ctx->session_count--;
 	session_counters(session)->tcp_active--;
+	relay_ctx_release_forward(ctx, session->forward);
 	if (session->kind == SESSION_FTP_CONTROL)
 		ftp_helper_free(session_ftp(session)->helper);
 	else if (session->kind != SESSION_PLAIN)
@@ -477,6 +478,7 @@ static struct tcp_session *session_new(struct relay_ctx *ctx, const struct forwa
 	session->kind = (unsigned char)kind;
 	session->ctx = ctx;
 	session->forward = fwd;
+	relay_ctx_take_forward(ctx, fwd);
 	session_counters(session)->tcp_active++;
 	socklen_t len = client_addr->len <= sizeof session->client_addr ? client_addr->len : 0;
 	memcpy(&session->client_addr, &client_addr->ss, len);
@@ -549,4 +551,49 @@ static void session_connect(struct tcp_session *session, const struct net_addr *
 	session->state = SESSION_CONNECTING;
 	endpoint_watch(session, &session->internal, EV_WRITE);
 	event_add(&session->timer, &ctx->tcp_connect_timeout);
+}
+
+/* ---- reloads ----------------------------------------------------------------------- */
+
+void tcp_sessions_follow_rules(struct relay_ctx *ctx)
+{
+	struct tcp_session *session;
+	TAILQ_FOREACH(session, &ctx->sessions, link) {
+		const struct forward *old = session->forward;
+		if (relay_ctx_is_current(ctx, old))
+			continue;
+		const struct forward *now = ruleset_find_place(ctx->rules, old);
+		if (now == NULL || !forward_same_rule(now, old))
+			continue;   /* removed or changed: it goes on under its old rule */
+		relay_ctx_take_forward(ctx, now);
+		session->forward = now;
+		if (session_helper(session) != NULL)
+			ftp_helper_set_forward(session_helper(session), now);
+		relay_ctx_release_forward(ctx, old);
+	}
+}
+
+unsigned tcp_sessions_drain_due(struct relay_ctx *ctx, uint64_t now_ms)
+{
+	unsigned closed = 0;
+	struct tcp_session *session = TAILQ_FIRST(&ctx->sessions), *next;
+	for (; session != NULL; session = next) {
+		next = TAILQ_NEXT(session, link);
+		if (relay_ctx_is_current(ctx, session->forward))
+			continue;
+		const struct relay_rules_use *use = relay_ctx_retired_of(ctx, session->forward);
+		if (use == NULL || use->drain_deadline_ms == 0 || use->drain_deadline_ms > now_ms)
+			continue;
+		session_counters(session)->tcp_drain_closed++;
+		session_end(session, "drain_timeout after a reload", true, true);
+		closed++;
+	}
+	return closed;
+}
+
+void tcp_sessions_free_all(struct relay_ctx *ctx)
+{
+	struct tcp_session *session;
+	while ((session = TAILQ_FIRST(&ctx->sessions)) != NULL)
+		tcp_session_free(session);
 }

@@ -12,6 +12,8 @@
 #include "portrelay/udp_relay.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <event2/event.h>
 #include <netinet/in.h>
 #include <stdlib.h>
@@ -38,10 +40,17 @@ struct udp_forward;
 
 struct udp_port {
 	int fd;
-	struct event *event;
+	struct event *event;           /* reading clients' datagrams; NULL once handed over */
 	uint16_t port;
 	bool wildcard;                 /* replies need an explicit source address */
 	struct udp_forward *forward;
+	/*
+	 * Reloads: handed_over, a new forward's port reads this socket now (a
+	 * copy of it) and this one only sends its flows' replies; taken_from,
+	 * until a prepared reload is committed, the port this one copied.
+	 */
+	bool handed_over;
+	struct udp_port *taken_from;
 };
 
 /* The address a client sent to, as the kernel reported it (wildcard binds). */
@@ -75,13 +84,15 @@ struct udp_flow {
 enum udp_drop_reason {
 	UDP_DROP_TABLE_FULL,
 	UDP_DROP_NO_SOCKET,
+	UDP_DROP_REMOVED,
 	UDP_DROP_REASONS,
 };
 
 struct udp_forward {
+	TAILQ_ENTRY(udp_forward) link;
 	struct relay_ctx *ctx;
 	struct udp_relay *relay;
-	const struct forward *fwd;
+	const struct forward *fwd;     /* in the current rules, unless draining */
 	struct flow_table flows;
 	struct event *expiry_timer;
 	uint64_t idle_timeout_ms;
@@ -90,17 +101,29 @@ struct udp_forward {
 	struct relay_counters *counters;  /* the forward's block in this worker */
 	struct udp_port *ports;
 	unsigned port_count;
+	/*
+	 * Reloads. A draining forward was removed: it serves the flows it has
+	 * (on fwd, a forward of retired rules) and opens no new one. A forward
+	 * whose rule changed keeps its flows on the old target; with
+	 * drain_timeout, those created before rule_changed_ms end at
+	 * old_flows_deadline_ms.
+	 */
+	bool linked;                   /* in the relay's list (not a prepared one) */
+	bool draining;
+	uint64_t rule_changed_ms;
+	uint64_t old_flows_deadline_ms;    /* 0: none */
 	struct udp_drop_log {
 		uint64_t last_warn_ms;
 		uint64_t since_warn;
 	} drop_log[UDP_DROP_REASONS];
 };
 
+TAILQ_HEAD(udp_forward_list, udp_forward);
+
 struct udp_relay {
 	struct relay_ctx *ctx;
-	struct udp_forward *forwards;
-	unsigned forward_count;
-	unsigned socket_count;
+	struct udp_forward_list forwards;   /* current ones, then draining ones */
+	unsigned socket_count;              /* of the current forwards */
 	/* Every flow socket of this worker, watched as one fd by the event loop. */
 	int flow_epoll_fd;
 	struct event *flow_epoll_event;
@@ -158,6 +181,8 @@ static void udp_warn_limited(struct udp_forward *forward, enum udp_drop_reason r
 	log->since_warn = 0;
 }
 
+static void udp_forward_free(struct udp_forward *forward);
+
 static void udp_expiry_arm(struct udp_forward *forward, uint64_t now_ms)
 {
 	struct flow_entry *oldest = flow_table_oldest(&forward->flows);
@@ -180,6 +205,10 @@ static void udp_on_expiry(evutil_socket_t fd, short what, void *arg)
 	       now - oldest->last_active_ms >= forward->idle_timeout_ms) {
 		forward->counters->udp_flows_expired++;
 		udp_flow_free(forward, udp_flow_of(oldest), "idle timeout");
+	}
+	if (forward->draining && flow_table_count(&forward->flows) == 0) {
+		udp_forward_free(forward);   /* its timer too: nothing touches it after this */
+		return;
 	}
 	udp_expiry_arm(forward, now);
 }
@@ -338,6 +367,12 @@ static struct udp_flow *udp_flow_open(struct udp_port *port, const struct flow_k
 {
 	struct udp_forward *forward = port->forward;
 
+	if (forward->draining) {
+		forward->counters->udp_dropped_removed++;
+		udp_warn_limited(forward, UDP_DROP_REMOVED,
+				 "forward removed by a reload, serving its open flows only", 0);
+		return NULL;
+	}
 	/* Take a place first, so that two workers cannot both take the last one. */
 	if (atomic_fetch_add(forward->flows_open, 1) >= forward->max_flows) {
 		atomic_fetch_sub(forward->flows_open, 1);
@@ -465,9 +500,39 @@ static void udp_port_on_readable(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
-/* ---- set-up and tear-down ------------------------------------------------ */
+/* ---- set-up, reloads and tear-down --------------------------------------- */
 
-static int udp_port_open(struct udp_forward *forward, struct udp_port *port, uint16_t number)
+/* What a reload has prepared: new forwards with their sockets, not yet reading. */
+struct udp_plan {
+	struct udp_forward_list added;
+};
+
+/*
+ * A port of a forward that still reads (current or draining) on addr, whose
+ * socket a new forward can share; NULL if none.
+ */
+static struct udp_port *udp_relay_find_port(struct udp_relay *udp, const struct net_addr *addr)
+{
+	uint16_t number = net_addr_port(addr);
+	struct udp_forward *forward;
+	TAILQ_FOREACH(forward, &udp->forwards, link) {
+		if (number < forward->fwd->external_port_first ||
+		    number > forward->fwd->external_port_last ||
+		    !net_addr_same_ip(&forward->fwd->external_addr, addr))
+			continue;
+		struct udp_port *port = &forward->ports[number - forward->fwd->external_port_first];
+		if (port->event != NULL && !port->handed_over)
+			return port;
+	}
+	return NULL;
+}
+
+/*
+ * The port's socket: a copy of one an older forward has on the same address
+ * (a reload moving a port between forwards), else bound now.
+ */
+static int udp_port_open(struct udp_forward *forward, struct udp_port *port, uint16_t number,
+			 char *err, size_t err_len)
 {
 	const struct forward *fwd = forward->fwd;
 	struct net_addr addr = fwd->external_addr;
@@ -475,23 +540,48 @@ static int udp_port_open(struct udp_forward *forward, struct udp_port *port, uin
 	port->forward = forward;
 	port->port = number;
 	port->wildcard = net_addr_is_wildcard(&addr);
-	port->fd = net_bind_udp(&addr, forward->ctx->options.share);
+	struct udp_port *existing = udp_relay_find_port(forward->relay, &addr);
+	if (existing != NULL) {
+		port->fd = fcntl(existing->fd, F_DUPFD_CLOEXEC, 0);
+		if (port->fd >= 0) {
+			existing->handed_over = true;
+			port->taken_from = existing;
+		}
+	} else {
+		port->fd = net_bind_udp(&addr, forward->ctx->options.share);
+	}
 	if (port->fd < 0) {
 		char where[NET_ADDR_STRLEN];
-		log_error(fwd->name, "cannot listen on %s (udp): %s",
-			  net_addr_format(&addr, where, sizeof where), strerror(errno));
-		return -1;
-	}
-	port->event = event_new(forward->ctx->base, port->fd, EV_READ | EV_PERSIST,
-				udp_port_on_readable, port);
-	if (port->event == NULL || event_add(port->event, NULL) < 0) {
-		log_error(fwd->name, "cannot register udp port %u", number);
+		snprintf(err, err_len, "forward \"%s\": cannot listen on %s (udp): %s", fwd->name,
+			 net_addr_format(&addr, where, sizeof where), strerror(errno));
+		log_error(fwd->name, "cannot listen on %s (udp): %s", where, strerror(errno));
 		return -1;
 	}
 	return 0;
 }
 
-static void udp_forward_close(struct udp_forward *forward)
+/* Starts reading clients' datagrams on the port. */
+static int udp_port_start(struct udp_port *port)
+{
+	struct udp_forward *forward = port->forward;
+	port->event = event_new(forward->ctx->base, port->fd, EV_READ | EV_PERSIST,
+				udp_port_on_readable, port);
+	if (port->event == NULL || event_add(port->event, NULL) < 0) {
+		log_error(forward->fwd->name, "cannot register udp port %u", port->port);
+		return -1;
+	}
+	return 0;
+}
+
+/* Stops reading on a port whose socket a new forward has taken over. */
+static void udp_port_hand_over(struct udp_port *port)
+{
+	if (port->event != NULL)
+		event_free(port->event);
+	port->event = NULL;
+}
+
+static void udp_forward_free(struct udp_forward *forward)
 {
 	struct flow_entry *entry;
 	while ((entry = flow_table_oldest(&forward->flows)) != NULL)
@@ -500,53 +590,236 @@ static void udp_forward_close(struct udp_forward *forward)
 	if (forward->expiry_timer != NULL)
 		event_free(forward->expiry_timer);
 	for (unsigned i = 0; i < forward->port_count; i++) {
-		if (forward->ports[i].event != NULL)
-			event_free(forward->ports[i].event);
-		if (forward->ports[i].fd >= 0)
-			close(forward->ports[i].fd);
+		struct udp_port *port = &forward->ports[i];
+		if (port->event != NULL)
+			event_free(port->event);
+		if (port->fd >= 0)
+			close(port->fd);
+		if (port->taken_from != NULL)
+			port->taken_from->handed_over = false;   /* a prepared reload aborted */
 	}
 	free(forward->ports);
+	if (forward->linked) {
+		TAILQ_REMOVE(&forward->relay->forwards, forward, link);
+		if (forward->draining)
+			relay_ctx_release_forward(forward->ctx, forward->fwd);
+		else
+			forward->relay->socket_count -= forward->port_count;
+	}
+	free(forward);
 }
 
-static int udp_forward_open(struct udp_relay *udp, struct udp_forward *forward,
-			    const struct forward *fwd)
+/* The settings a forward takes from its rule; again at every reload. */
+static void udp_forward_follow(struct udp_forward *forward, const struct forward *fwd)
 {
-	struct relay_ctx *ctx = udp->ctx;
-	forward->ctx = ctx;
-	forward->relay = udp;
+	struct relay_ctx *ctx = forward->ctx;
 	forward->fwd = fwd;
 	/* At least a millisecond: a flow must live long enough for a reply. */
 	forward->idle_timeout_ms = (uint64_t)(fwd->udp_idle_timeout * 1000.0);
 	if (forward->idle_timeout_ms == 0)
 		forward->idle_timeout_ms = 1;
 	forward->max_flows = ctx->config->udp_max_flows;
-	forward->flows_open = &ctx->options.udp_flows_open[fwd - ctx->config->forwards];
+	forward->flows_open = &fwd->stats->udp_flows_open;
 	forward->counters = relay_ctx_counters(ctx, fwd);
-	if (flow_table_init(&forward->flows) < 0)
-		return -1;
-	forward->expiry_timer = evtimer_new(ctx->base, udp_on_expiry, forward);
-	forward->ports = calloc(forward_port_count(fwd), sizeof *forward->ports);
-	if (forward->expiry_timer == NULL || forward->ports == NULL)
-		return -1;
-	for (unsigned p = fwd->external_port_first; p <= fwd->external_port_last; p++) {
-		struct udp_port *port = &forward->ports[forward->port_count++];
-		if (udp_port_open(forward, port, (uint16_t)p) < 0)
-			return -1;
-		udp->socket_count++;
-	}
-	return 0;
 }
 
-struct udp_relay *udp_relay_open(struct relay_ctx *ctx)
+static struct udp_forward *udp_forward_new(struct udp_relay *udp, const struct forward *fwd,
+					   char *err, size_t err_len)
 {
-	const struct config *cfg = ctx->config;
+	struct relay_ctx *ctx = udp->ctx;
+	struct udp_forward *forward = calloc(1, sizeof *forward);
+	if (forward == NULL)
+		goto oom;
+	forward->ctx = ctx;
+	forward->relay = udp;
+	udp_forward_follow(forward, fwd);
+	forward->ports = calloc(forward_port_count(fwd), sizeof *forward->ports);
+	if (forward->ports == NULL || flow_table_init(&forward->flows) < 0)
+		goto oom;
+	forward->expiry_timer = evtimer_new(ctx->base, udp_on_expiry, forward);
+	if (forward->expiry_timer == NULL)
+		goto oom;
+	for (unsigned p = fwd->external_port_first; p <= fwd->external_port_last; p++) {
+		/* Counted first so that free closes a half-opened forward. */
+		struct udp_port *port = &forward->ports[forward->port_count++];
+		if (udp_port_open(forward, port, (uint16_t)p, err, err_len) < 0) {
+			udp_forward_free(forward);
+			return NULL;
+		}
+	}
+	return forward;
+oom:
+	snprintf(err, err_len, "forward \"%s\": out of memory for its udp sockets", fwd->name);
+	if (forward != NULL)
+		udp_forward_free(forward);
+	return NULL;
+}
+
+/* The current (not draining) forward of udp in fwd's place, or NULL. */
+static struct udp_forward *udp_relay_find_forward(struct udp_relay *udp, const struct forward *fwd)
+{
+	struct udp_forward *forward;
+	TAILQ_FOREACH(forward, &udp->forwards, link) {
+		if (!forward->draining && forward_same_place(forward->fwd, fwd))
+			return forward;
+	}
+	return NULL;
+}
+
+struct udp_plan *udp_relay_prepare(struct udp_relay *udp, const struct ruleset *rules,
+				   char *err, size_t err_len)
+{
+	struct udp_plan *plan = calloc(1, sizeof *plan);
+	if (plan == NULL) {
+		snprintf(err, err_len, "out of memory");
+		return NULL;
+	}
+	TAILQ_INIT(&plan->added);
+	for (size_t i = 0; i < rules->cfg.forward_count; i++) {
+		const struct forward *fwd = &rules->cfg.forwards[i];
+		if (!fwd->enabled || !(fwd->proto & FORWARD_UDP) ||
+		    udp_relay_find_forward(udp, fwd) != NULL)
+			continue;
+		struct udp_forward *forward = udp_forward_new(udp, fwd, err, err_len);
+		if (forward == NULL) {
+			udp_relay_abort(plan);
+			return NULL;
+		}
+		TAILQ_INSERT_TAIL(&plan->added, forward, link);
+	}
+	return plan;
+}
+
+void udp_relay_abort(struct udp_plan *plan)
+{
+	if (plan == NULL)
+		return;
+	struct udp_forward *forward;
+	while ((forward = TAILQ_FIRST(&plan->added)) != NULL) {
+		TAILQ_REMOVE(&plan->added, forward, link);
+		udp_forward_free(forward);
+	}
+	free(plan);
+}
+
+/* A reload removed the forward: it serves its open flows, and goes when they have. */
+static void udp_forward_start_draining(struct udp_forward *forward)
+{
+	forward->draining = true;
+	forward->relay->socket_count -= forward->port_count;
+	relay_ctx_take_forward(forward->ctx, forward->fwd);
+	if (flow_table_count(&forward->flows) == 0)
+		udp_forward_free(forward);
+}
+
+/* A reload kept the forward's place: it runs on under the new rule. */
+static void udp_forward_keep(struct udp_forward *forward, const struct forward *fwd)
+{
+	const struct forward *old = forward->fwd;
+	udp_forward_follow(forward, fwd);
+	if (forward_same_rule(old, fwd) || flow_table_count(&forward->flows) == 0)
+		return;
+	/* Flows open now go on to the old target (their sockets are connected to it). */
+	uint64_t now = relay_now_ms();
+	forward->rule_changed_ms = now + 1;
+	double drain = forward->ctx->config->drain_timeout;
+	forward->old_flows_deadline_ms = drain > 0 ? now + (uint64_t)(drain * 1000.0) : 0;
+}
+
+void udp_relay_commit(struct udp_relay *udp, struct udp_plan *plan)
+{
+	const struct ruleset *rules = udp->ctx->rules;
+	struct udp_forward *forward, *next;
+	for (forward = TAILQ_FIRST(&udp->forwards); forward != NULL; forward = next) {
+		next = TAILQ_NEXT(forward, link);
+		for (unsigned i = 0; i < forward->port_count; i++) {
+			if (forward->ports[i].handed_over)
+				udp_port_hand_over(&forward->ports[i]);
+		}
+		if (forward->draining)
+			continue;
+		const struct forward *fwd = ruleset_find_place(rules, forward->fwd);
+		if (fwd != NULL && (fwd->proto & FORWARD_UDP))
+			udp_forward_keep(forward, fwd);
+		else
+			udp_forward_start_draining(forward);
+	}
+	while ((forward = TAILQ_FIRST(&plan->added)) != NULL) {
+		TAILQ_REMOVE(&plan->added, forward, link);
+		TAILQ_INSERT_HEAD(&udp->forwards, forward, link);
+		forward->linked = true;
+		udp->socket_count += forward->port_count;
+		for (unsigned i = 0; i < forward->port_count; i++) {
+			forward->ports[i].taken_from = NULL;
+			udp_port_start(&forward->ports[i]);
+		}
+	}
+	free(plan);
+}
+
+/* Closes the forward's flows created before its rule changed; how many. */
+static unsigned udp_forward_close_old_flows(struct udp_forward *forward)
+{
+	unsigned closed = 0;
+	struct flow_entry *entry = flow_table_oldest(&forward->flows), *next;
+	for (; entry != NULL; entry = next) {
+		next = TAILQ_NEXT(entry, recency);
+		struct udp_flow *flow = udp_flow_of(entry);
+		if (flow->created_ms >= forward->rule_changed_ms)
+			continue;
+		udp_flow_free(forward, flow, "drain_timeout after a reload");
+		closed++;
+	}
+	forward->counters->udp_drain_closed += closed;
+	return closed;
+}
+
+unsigned udp_relay_drain_due(struct udp_relay *udp, uint64_t now_ms)
+{
+	unsigned closed = 0;
+	struct udp_forward *forward, *next;
+	for (forward = TAILQ_FIRST(&udp->forwards); forward != NULL; forward = next) {
+		next = TAILQ_NEXT(forward, link);
+		if (!forward->draining) {
+			if (forward->old_flows_deadline_ms != 0 &&
+			    forward->old_flows_deadline_ms <= now_ms) {
+				forward->old_flows_deadline_ms = 0;
+				closed += udp_forward_close_old_flows(forward);
+			}
+			continue;
+		}
+		const struct relay_rules_use *use = relay_ctx_retired_of(forward->ctx, forward->fwd);
+		if (use == NULL || use->drain_deadline_ms == 0 || use->drain_deadline_ms > now_ms)
+			continue;
+		unsigned flows = flow_table_count(&forward->flows);
+		forward->counters->udp_drain_closed += flows;
+		closed += flows;
+		udp_forward_free(forward);
+	}
+	return closed;
+}
+
+uint64_t udp_relay_next_drain_ms(const struct udp_relay *udp)
+{
+	uint64_t next = 0;
+	const struct udp_forward *forward;
+	TAILQ_FOREACH(forward, &udp->forwards, link) {
+		uint64_t due = forward->old_flows_deadline_ms;
+		if (due != 0 && (next == 0 || due < next))
+			next = due;
+	}
+	return next;
+}
+
+struct udp_relay *udp_relay_new(struct relay_ctx *ctx)
+{
 	struct udp_relay *udp = calloc(1, sizeof *udp);
 	if (udp == NULL)
 		return NULL;
 	udp->ctx = ctx;
 	udp->flow_epoll_fd = -1;
-	udp->forwards = calloc(cfg->forward_count + 1, sizeof *udp->forwards);
-	if (udp->forwards == NULL || udp_batch_init(&udp->batch) < 0 ||
+	TAILQ_INIT(&udp->forwards);
+	if (udp_batch_init(&udp->batch) < 0 ||
 	    (udp->flow_epoll_fd = epoll_create1(EPOLL_CLOEXEC)) < 0) {
 		log_error(NULL, "cannot set up UDP relaying: %s", strerror(errno));
 		udp_relay_free(udp);
@@ -557,17 +830,6 @@ struct udp_relay *udp_relay_open(struct relay_ctx *ctx)
 	if (udp->flow_epoll_event == NULL || event_add(udp->flow_epoll_event, NULL) < 0) {
 		udp_relay_free(udp);
 		return NULL;
-	}
-	for (size_t i = 0; i < cfg->forward_count; i++) {
-		const struct forward *fwd = &cfg->forwards[i];
-		if (!fwd->enabled || !(fwd->proto & FORWARD_UDP))
-			continue;
-		/* Counted first so that free releases a half-opened forward. */
-		struct udp_forward *forward = &udp->forwards[udp->forward_count++];
-		if (udp_forward_open(udp, forward, fwd) < 0) {
-			udp_relay_free(udp);
-			return NULL;
-		}
 	}
 	return udp;
 }
@@ -581,13 +843,13 @@ void udp_relay_free(struct udp_relay *udp)
 {
 	if (udp == NULL)
 		return;
-	for (unsigned i = 0; i < udp->forward_count; i++)
-		udp_forward_close(&udp->forwards[i]);
+	struct udp_forward *forward;
+	while ((forward = TAILQ_FIRST(&udp->forwards)) != NULL)
+		udp_forward_free(forward);
 	if (udp->flow_epoll_event != NULL)
 		event_free(udp->flow_epoll_event);
 	if (udp->flow_epoll_fd >= 0)
 		close(udp->flow_epoll_fd);
 	udp_batch_free(&udp->batch);
-	free(udp->forwards);
 	free(udp);
 }

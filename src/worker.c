@@ -14,14 +14,24 @@
 
 #include "portrelay/listener.h"
 #include "portrelay/log.h"
+#include "portrelay/tcp_relay.h"
 #include "portrelay/udp_relay.h"
 
 /* Pipes per worker at most: a slice of the descriptors, bounded both ways. */
 #define WORKER_PIPES_MIN 16
 /* While draining, how often a worker looks whether its last session ended. */
 #define WORKER_DRAIN_CHECK_MS 10
-/* The byte on the stop pipe that asks for a drain; any other stops. */
+/* Bytes on the stop pipe: a drain, a reload request (pool->mail); any other stops. */
 #define WORKER_DRAIN_BYTE 'd'
+#define WORKER_MAIL_BYTE 'm'
+
+/* What the main thread asks a worker during a reload (worker_pool_reload). */
+enum worker_request {
+	WORKER_NONE,
+	WORKER_PREPARE,
+	WORKER_COMMIT,
+	WORKER_ABORT,
+};
 
 struct worker {
 	struct worker_pool *pool;
@@ -38,36 +48,280 @@ struct worker {
 	bool draining;
 	atomic_bool drained;           /* draining, and no session left */
 	struct event *drain_timer;
+	/* Reloads: what prepare opened, until commit or abort. */
+	struct listener_set *next_listeners;
+	struct udp_plan *next_udp;
+	/* Closes what is left on old rules at drain_timeout. */
+	struct event *old_rules_timer;
+	/* The request the main thread posted and the answer; under pool->mail_lock. */
+	enum worker_request request;
+	bool answered;
+	int result;
+	char error[512];
 };
 
 struct worker_pool {
 	struct worker *workers;
 	unsigned count;
 	struct fd_episode fd_episode;
-	atomic_uint *udp_flows_open;   /* per forward, all workers */
+	/*
+	 * The rules in force. Workers run their own reference (ctx.rules);
+	 * this one is for readers on other threads (the admin endpoint), who
+	 * take a reference under rules_lock: swapped only by a reload.
+	 */
+	pthread_mutex_t rules_lock;
+	struct ruleset *rules;
+	struct ruleset *next_rules;    /* during a reload */
+	pthread_mutex_t mail_lock;
+	pthread_cond_t mail_changed;
+	atomic_ullong reloads_succeeded;
+	atomic_ullong reloads_failed;
 	/* worker_pool_drain: the shutdown_timeout deadline, on the main thread. */
 	struct event *drain_deadline;
 	double drain_timeout;
 };
 
 static void worker_start_drain(struct worker *worker);
+static void worker_answer_mail(struct worker *worker);
 
 static void worker_on_stop(evutil_socket_t fd, short what, void *arg)
 {
 	struct worker *worker = arg;
 	char byte;
-	bool stop = false, drain = false;
+	bool stop = false, drain = false, mail = false;
 	(void)what;
 	while (read(fd, &byte, 1) > 0) {
 		if (byte == WORKER_DRAIN_BYTE)
 			drain = true;
+		else if (byte == WORKER_MAIL_BYTE)
+			mail = true;
 		else
 			stop = true;
 	}
+	if (mail)
+		worker_answer_mail(worker);
 	if (stop)
 		event_base_loopbreak(worker->base);
 	else if (drain)
 		worker_start_drain(worker);
+}
+
+/* ---- the rules a worker runs ------------------------------------------------- */
+
+/*
+ * Theory of a reload (worker_pool_reload). The main thread has validated
+ * the new configuration and published it as a ruleset; applying it takes
+ * two steps in every worker, each on the worker's own loop:
+ *
+ *   prepare  bind and listen on the ports the worker does not have yet;
+ *            note which sockets carry over. Changes nothing visible.
+ *   commit   take the new rules for new connections, move the kept sockets
+ *            (their queues go along: a kept port never refuses), start the
+ *            new ones, close removed ports, and let the sessions and flows
+ *            of removed or changed forwards run on under their old rules.
+ *   abort    close what prepare opened.
+ *
+ * Worker 0 (the main thread) prepares first, so that its probe of a new
+ * port runs before others share it. The others prepare at once, answer,
+ * and wait for the verdict without returning to their loops, so that
+ * nothing a prepare noted can change before the commit (a few
+ * milliseconds). Commit follows only if every worker prepared.
+ */
+static int worker_prepare(struct worker *worker, struct ruleset *rules, char *err, size_t len)
+{
+	struct relay_ctx *ctx = &worker->ctx;
+	worker->next_listeners = listener_set_prepare(ctx, rules, ctx->listeners, err, len);
+	if (worker->next_listeners == NULL)
+		return -1;
+	worker->next_udp = udp_relay_prepare(ctx->udp, rules, err, len);
+	if (worker->next_udp == NULL) {
+		listener_set_free(worker->next_listeners);
+		worker->next_listeners = NULL;
+		return -1;
+	}
+	return 0;
+}
+
+static void worker_abort(struct worker *worker)
+{
+	udp_relay_abort(worker->next_udp);
+	listener_set_free(worker->next_listeners);
+	worker->next_udp = NULL;
+	worker->next_listeners = NULL;
+}
+
+/* Arms the timer for the next drain_timeout deadline of old rules, if any. */
+static void worker_arm_old_rules_timer(struct worker *worker)
+{
+	uint64_t next = relay_ctx_next_drain_ms(&worker->ctx);
+	uint64_t udp_next = worker->ctx.udp != NULL ? udp_relay_next_drain_ms(worker->ctx.udp) : 0;
+	if (udp_next != 0 && (next == 0 || udp_next < next))
+		next = udp_next;
+	if (next == 0 || worker->old_rules_timer == NULL)
+		return;
+	uint64_t now = relay_now_ms();
+	struct timeval delay = relay_ms_to_timeval(next > now ? next - now : 0);
+	event_add(worker->old_rules_timer, &delay);
+}
+
+static void worker_on_old_rules_timer(evutil_socket_t fd, short what, void *arg)
+{
+	struct worker *worker = arg;
+	(void)fd, (void)what;
+	uint64_t now = relay_now_ms();
+	unsigned connections = tcp_sessions_drain_due(&worker->ctx, now);
+	unsigned flows = worker->ctx.udp != NULL ? udp_relay_drain_due(worker->ctx.udp, now) : 0;
+	if (connections > 0 || flows > 0)
+		log_info(NULL, "drain_timeout (%g s) passed: closed %u connection%s and %u udp "
+			 "flow%s still on rules a reload removed or changed (worker %u)",
+			 worker->ctx.config->drain_timeout, connections,
+			 connections == 1 ? "" : "s", flows, flows == 1 ? "" : "s", worker->index);
+	worker_arm_old_rules_timer(worker);
+}
+
+static void worker_commit(struct worker *worker, struct ruleset *rules)
+{
+	struct relay_ctx *ctx = &worker->ctx;
+	if (ctx->rules != rules)
+		relay_ctx_set_rules(ctx, rules);
+	listener_set_commit(worker->next_listeners, ctx->listeners);
+	ctx->listeners = worker->next_listeners;
+	udp_relay_commit(ctx->udp, worker->next_udp);
+	worker->next_listeners = NULL;
+	worker->next_udp = NULL;
+	tcp_sessions_follow_rules(ctx);
+	relay_ctx_release_unused(ctx);
+	worker_arm_old_rules_timer(worker);
+}
+
+/* On a worker's own thread: the main thread posted a request. */
+static void worker_answer_mail(struct worker *worker)
+{
+	struct worker_pool *pool = worker->pool;
+	pthread_mutex_lock(&pool->mail_lock);
+	enum worker_request request = worker->request;
+	worker->request = WORKER_NONE;
+	pthread_mutex_unlock(&pool->mail_lock);
+	if (request != WORKER_PREPARE)
+		return;
+	char err[sizeof worker->error] = "";
+	int result = worker_prepare(worker, pool->next_rules, err, sizeof err);
+
+	pthread_mutex_lock(&pool->mail_lock);
+	worker->result = result;
+	snprintf(worker->error, sizeof worker->error, "%s", err);
+	worker->answered = true;
+	pthread_cond_broadcast(&pool->mail_changed);
+	if (result < 0) {
+		pthread_mutex_unlock(&pool->mail_lock);
+		return;
+	}
+	while (worker->request == WORKER_NONE)
+		pthread_cond_wait(&pool->mail_changed, &pool->mail_lock);
+	request = worker->request;
+	worker->request = WORKER_NONE;
+	pthread_mutex_unlock(&pool->mail_lock);
+
+	if (request == WORKER_COMMIT)
+		worker_commit(worker, pool->next_rules);
+	else
+		worker_abort(worker);
+	pthread_mutex_lock(&pool->mail_lock);
+	worker->answered = true;
+	pthread_cond_broadcast(&pool->mail_changed);
+	pthread_mutex_unlock(&pool->mail_lock);
+}
+
+/* Posts a request to a worker on its own thread; the answer comes through pool->mail. */
+static void worker_post(struct worker *worker, enum worker_request request)
+{
+	struct worker_pool *pool = worker->pool;
+	pthread_mutex_lock(&pool->mail_lock);
+	worker->request = request;
+	worker->answered = false;
+	pthread_cond_broadcast(&pool->mail_changed);
+	pthread_mutex_unlock(&pool->mail_lock);
+	if (request == WORKER_PREPARE) {
+		char byte = WORKER_MAIL_BYTE;
+		while (write(worker->stop_pipe[1], &byte, 1) < 0 && errno == EINTR)
+			;
+	}
+}
+
+static void worker_wait_answer(struct worker *worker)
+{
+	struct worker_pool *pool = worker->pool;
+	pthread_mutex_lock(&pool->mail_lock);
+	while (!worker->answered)
+		pthread_cond_wait(&pool->mail_changed, &pool->mail_lock);
+	pthread_mutex_unlock(&pool->mail_lock);
+}
+
+int worker_pool_reload(struct worker_pool *pool, struct ruleset *rules, char *err, size_t len)
+{
+	struct worker *first = &pool->workers[0];
+	if (worker_prepare(first, rules, err, len) < 0)
+		return -1;
+	pool->next_rules = rules;
+	/* Workers whose thread is not running (none, or stopped) have nothing to apply. */
+	for (unsigned i = 1; i < pool->count; i++) {
+		if (pool->workers[i].thread_started)
+			worker_post(&pool->workers[i], WORKER_PREPARE);
+	}
+	int result = 0;
+	for (unsigned i = 1; i < pool->count; i++) {
+		struct worker *worker = &pool->workers[i];
+		if (!worker->thread_started)
+			continue;
+		worker_wait_answer(worker);
+		if (worker->result < 0 && result == 0) {
+			snprintf(err, len, "%s", worker->error);
+			result = -1;
+		}
+	}
+	enum worker_request verdict = result == 0 ? WORKER_COMMIT : WORKER_ABORT;
+	for (unsigned i = 1; i < pool->count; i++) {
+		struct worker *worker = &pool->workers[i];
+		if (worker->thread_started && worker->result == 0)
+			worker_post(worker, verdict);
+	}
+	if (verdict == WORKER_COMMIT)
+		worker_commit(first, rules);
+	else
+		worker_abort(first);
+	for (unsigned i = 1; i < pool->count; i++) {
+		struct worker *worker = &pool->workers[i];
+		if (worker->thread_started && worker->result == 0)
+			worker_wait_answer(worker);
+	}
+	pool->next_rules = NULL;
+	if (result < 0)
+		return -1;
+	pthread_mutex_lock(&pool->rules_lock);
+	struct ruleset *old = pool->rules;
+	pool->rules = ruleset_ref(rules);
+	pthread_mutex_unlock(&pool->rules_lock);
+	ruleset_unref(old);
+	return 0;
+}
+
+struct ruleset *worker_pool_rules(struct worker_pool *pool)
+{
+	pthread_mutex_lock(&pool->rules_lock);
+	struct ruleset *rules = ruleset_ref(pool->rules);
+	pthread_mutex_unlock(&pool->rules_lock);
+	return rules;
+}
+
+void worker_pool_count_reload(struct worker_pool *pool, bool succeeded)
+{
+	atomic_fetch_add(succeeded ? &pool->reloads_succeeded : &pool->reloads_failed, 1);
+}
+
+void worker_pool_reloads(struct worker_pool *pool, uint64_t *succeeded, uint64_t *failed)
+{
+	*succeeded = atomic_load(&pool->reloads_succeeded);
+	*failed = atomic_load(&pool->reloads_failed);
 }
 
 /*
@@ -139,13 +393,13 @@ static struct relay_options worker_options(struct worker_pool *pool, const struc
 		unsigned long pipes = fd_limit / 16 / count;
 		options.max_pipes = pipes > WORKER_PIPES_MIN ? (unsigned)pipes : WORKER_PIPES_MIN;
 	}
-	options.udp_flows_open = pool->udp_flows_open;
 	return options;
 }
 
-static int worker_open(struct worker *worker, const struct config *cfg, unsigned count,
+static int worker_open(struct worker *worker, struct ruleset *rules, unsigned count,
 		       unsigned long fd_limit)
 {
+	const struct config *cfg = &rules->cfg;
 	worker->stop_pipe[0] = worker->stop_pipe[1] = -1;
 	/*
 	 * The changelist folds the interest changes a session makes in one turn
@@ -166,7 +420,8 @@ static int worker_open(struct worker *worker, const struct config *cfg, unsigned
 	struct relay_options options = worker_options(worker->pool, cfg, count, fd_limit,
 						      worker->index);
 	worker->ctx_ready = true;
-	if (relay_ctx_init(&worker->ctx, worker->base, cfg, &options) < 0) {
+	if (relay_ctx_init(&worker->ctx, worker->base, worker->index, rules, &options) < 0 ||
+	    (worker->ctx.udp = udp_relay_new(&worker->ctx)) == NULL) {
 		log_error(NULL, "out of memory for worker %u", worker->index);
 		return -1;
 	}
@@ -182,12 +437,18 @@ static int worker_open(struct worker *worker, const struct config *cfg, unsigned
 	atomic_init(&worker->drained, false);
 	worker->drain_timer = event_new(worker->base, -1, EV_PERSIST, worker_on_drain_check,
 					worker);
-	if (worker->drain_timer == NULL)
+	worker->old_rules_timer = evtimer_new(worker->base, worker_on_old_rules_timer, worker);
+	if (worker->drain_timer == NULL || worker->old_rules_timer == NULL)
 		return -1;
-	return relay_ctx_open(&worker->ctx);
+	/* Start-up is a reload from nothing. */
+	char err[512];
+	if (worker_prepare(worker, rules, err, sizeof err) < 0)
+		return -1;
+	worker_commit(worker, rules);
+	return 0;
 }
 
-struct worker_pool *worker_pool_open(const struct config *cfg, unsigned count,
+struct worker_pool *worker_pool_open(struct ruleset *rules, unsigned count,
 				     unsigned long fd_limit)
 {
 	struct worker_pool *pool = calloc(1, sizeof *pool);
@@ -195,22 +456,23 @@ struct worker_pool *worker_pool_open(const struct config *cfg, unsigned count,
 		return NULL;
 	atomic_init(&pool->fd_episode.active, false);
 	atomic_init(&pool->fd_episode.started_ms, 0);
+	atomic_init(&pool->reloads_succeeded, 0);
+	atomic_init(&pool->reloads_failed, 0);
+	pthread_mutex_init(&pool->rules_lock, NULL);
+	pthread_mutex_init(&pool->mail_lock, NULL);
+	pthread_cond_init(&pool->mail_changed, NULL);
+	pool->rules = ruleset_ref(rules);
 	pool->workers = calloc(count, sizeof *pool->workers);
-	pool->udp_flows_open = calloc(cfg->forward_count + 1, sizeof *pool->udp_flows_open);
-	if (pool->workers == NULL || pool->udp_flows_open == NULL) {
-		free(pool->workers);
-		free(pool->udp_flows_open);
-		free(pool);
+	if (pool->workers == NULL) {
+		worker_pool_free(pool);
 		return NULL;
 	}
-	for (size_t i = 0; i < cfg->forward_count; i++)
-		atomic_init(&pool->udp_flows_open[i], 0);
 	/* Workers bind in order, so worker 0's probe runs before anyone shares. */
 	for (unsigned i = 0; i < count; i++) {
 		struct worker *worker = &pool->workers[pool->count++];
 		worker->pool = pool;
 		worker->index = i;
-		if (worker_open(worker, cfg, count, fd_limit) < 0) {
+		if (worker_open(worker, rules, count, fd_limit) < 0) {
 			worker_pool_free(pool);
 			return NULL;
 		}
@@ -314,33 +576,24 @@ void worker_pool_drain(struct worker_pool *pool, double timeout)
 	worker_start_drain(&pool->workers[0]);
 }
 
-void worker_pool_forward_counters(const struct worker_pool *pool, size_t forward,
-				  struct relay_counters *sum)
+void worker_pool_process_counters(const struct worker_pool *pool, struct relay_counters *sum)
 {
 	memset(sum, 0, sizeof *sum);
-	for (unsigned i = 0; i < pool->count; i++) {
-		const struct relay_ctx *ctx = &pool->workers[i].ctx;
-		if (ctx->forward_counters != NULL)
-			relay_counters_add(sum, &ctx->forward_counters[forward]);
-	}
+	for (unsigned i = 0; i < pool->count; i++)
+		relay_counters_add(sum, &pool->workers[i].ctx.process_counters);
 }
 
-unsigned worker_pool_udp_flows_open(const struct worker_pool *pool, size_t forward)
+void worker_pool_counters(struct worker_pool *pool, struct relay_counters *sum)
 {
-	return atomic_load_explicit(&pool->udp_flows_open[forward], memory_order_relaxed);
-}
-
-void worker_pool_counters(const struct worker_pool *pool, struct relay_counters *sum)
-{
-	memset(sum, 0, sizeof *sum);
-	for (unsigned i = 0; i < pool->count; i++) {
-		const struct relay_ctx *ctx = &pool->workers[i].ctx;
-		if (ctx->forward_counters == NULL)
-			continue;
-		/* The forwards' blocks and the process's. */
-		for (size_t f = 0; f <= ctx->config->forward_count; f++)
-			relay_counters_add(sum, &ctx->forward_counters[f]);
+	worker_pool_process_counters(pool, sum);
+	struct ruleset *rules = worker_pool_rules(pool);
+	for (size_t f = 0; f < rules->cfg.forward_count; f++) {
+		struct relay_counters one;
+		forward_stats_sum(rules->cfg.forwards[f].stats, &one);
+		relay_counters_add(sum, &one);
 	}
+	ruleset_add_retired_counters(rules, sum);
+	ruleset_unref(rules);
 }
 
 void worker_pool_close(struct worker_pool *pool)
@@ -348,8 +601,15 @@ void worker_pool_close(struct worker_pool *pool)
 	worker_pool_stop(pool);
 	for (unsigned i = 0; i < pool->count; i++) {
 		struct worker *worker = &pool->workers[i];
-		if (worker->ctx_ready)
-			relay_ctx_close(&worker->ctx);
+		if (worker->ctx_ready) {
+			worker_abort(worker);
+			listener_set_free(worker->ctx.listeners);
+			worker->ctx.listeners = NULL;
+			udp_relay_free(worker->ctx.udp);
+			worker->ctx.udp = NULL;
+			tcp_sessions_free_all(&worker->ctx);
+			relay_ctx_destroy(&worker->ctx);
+		}
 		worker->ctx_ready = false;
 	}
 }
@@ -368,15 +628,19 @@ void worker_pool_free(struct worker_pool *pool)
 			event_free(worker->stop_event);
 		if (worker->drain_timer != NULL)
 			event_free(worker->drain_timer);
+		if (worker->old_rules_timer != NULL)
+			event_free(worker->old_rules_timer);
 		if (worker->stop_pipe[0] >= 0) {
 			close(worker->stop_pipe[0]);
 			close(worker->stop_pipe[1]);
 		}
-		relay_ctx_free_counters(&worker->ctx);
 		if (worker->base != NULL)
 			event_base_free(worker->base);
 	}
 	free(pool->workers);
-	free(pool->udp_flows_open);
+	ruleset_unref(pool->rules);
+	pthread_cond_destroy(&pool->mail_changed);
+	pthread_mutex_destroy(&pool->mail_lock);
+	pthread_mutex_destroy(&pool->rules_lock);
 	free(pool);
 }

@@ -7,7 +7,8 @@
  * It runs an event base of its own on a thread of its own: no worker's loop
  * ever serves a request, so a slow scrape cannot delay relaying. It reads
  * the workers' counters without stopping them (see struct relay_counters)
- * and the forward table, which is immutable while it runs.
+ * and the rules in force, taking a reference to them per request
+ * (worker_pool_rules): a reload may publish new ones meanwhile.
  */
 #ifndef PORTRELAY_ADMIN_H
 #define PORTRELAY_ADMIN_H
@@ -18,8 +19,9 @@
 struct admin;
 
 /*
- * Reads the token, binds cfg->admin_listen and starts serving; cfg and pool
- * must outlive the result. NULL after logging (token unreadable or empty,
+ * Reads the token, binds cfg->admin_listen and starts serving; pool must
+ * outlive the result (cfg is read only here: a reload does not move the
+ * admin endpoint). NULL after logging (token unreadable or empty,
  * address in use, ...): the caller exits 1. Call only when
  * cfg->admin_listen is set.
  */

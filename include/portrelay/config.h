@@ -38,6 +38,9 @@ enum forward_proto {
 #define CONFIG_WORKERS_LIMIT 256
 #define CONFIG_BUSY_POLL_LIMIT_US 10000
 
+/* A forward's counters, kept across reloads (ruleset.h); opaque here. */
+struct forward_stats;
+
 struct forward {
 	char name[CONFIG_NAME_MAX];        /* from the file, or "tcp:8080" style for -L */
 	enum forward_proto proto;
@@ -63,6 +66,11 @@ struct forward {
 	uint16_t ftp_data_port_last;
 	/* Where it came from, for messages: "etc/x.conf:12" or "-L 'tcp:...'". */
 	char origin[CONFIG_ORIGIN_MAX];
+	/*
+	 * Not configuration: set when the table is published as a ruleset
+	 * (ruleset.h), NULL before. Whoever runs the forward counts through it.
+	 */
+	struct forward_stats *stats;
 };
 
 struct config {
@@ -79,6 +87,11 @@ struct config {
 	uint16_t ftp_data_port_last;
 	double ftp_data_timeout;            /* seconds a data listener waits, default 30 */
 	double shutdown_timeout;            /* seconds SIGTERM lets connections finish, default 5 */
+	/*
+	 * Seconds the connections and flows of a forward that a reload removed
+	 * or changed may go on under their old rule; 0 (default): until they end.
+	 */
+	double drain_timeout;
 
 	/*
 	 * admin = { listen; token_file; }: the admin endpoint (admin.c). An
@@ -116,6 +129,34 @@ int config_add_spec(struct config *cfg, const char *spec, char *err, size_t err_
  * forwards. After this the table is not modified.
  */
 int config_finish(struct config *cfg, char *err, size_t err_len);
+
+/*
+ * Where a configuration comes from: what start-up read, and what a reload
+ * reads again. path NULL: no file.
+ */
+struct config_sources {
+	const char *path;
+	const char *const *specs;
+	size_t spec_count;
+};
+
+/*
+ * config_defaults, then the file, the specs and config_finish: a whole
+ * configuration from its sources, or -1 with the first error in err. On
+ * error cfg is left freed.
+ */
+int config_load_sources(struct config *cfg, const struct config_sources *sources, char *err,
+			size_t err_len);
+
+/*
+ * Two forwards in the same place: the same protocol, external address and
+ * port range. A reload keeps the sockets and the state (UDP flows,
+ * counters) of a forward whose place it finds again.
+ */
+bool forward_same_place(const struct forward *a, const struct forward *b);
+
+/* The same place and the same rule: nothing but the origin differs. */
+bool forward_same_rule(const struct forward *a, const struct forward *b);
 
 /* Number of external ports a forward opens (1 for a single port). */
 unsigned forward_port_count(const struct forward *fwd);

@@ -58,6 +58,9 @@ struct ftp_helper *ftp_helper_new(struct relay_ctx *ctx, const struct forward *f
 /* Closes the pending data listeners (not data connections already running). */
 void ftp_helper_free(struct ftp_helper *helper);
 
+/* A reload moved the control connection onto an identical forward of the new rules. */
+void ftp_helper_set_forward(struct ftp_helper *helper, const struct forward *fwd);
+
 /* What a run of the helper leaves the session to do. */
 struct ftp_helper_status {
 	short client_events;     /* EV_READ / EV_WRITE to wait for on each socket */

@@ -1,10 +1,19 @@
 /*
  * relay.h - the context every relay module works in.
  *
- * A relay_ctx owns one event_base and everything registered on it: the
- * listeners, the TCP sessions, their counters. Nothing in the relay code is
- * global, so that several contexts (one per worker thread) can run side by
- * side later without locks.
+ * A relay_ctx is what one event loop (one worker) owns: its event_base, the
+ * ruleset it runs, its TCP sessions, and what its listeners and UDP sockets
+ * hang on. Nothing in the relay code is global, so that several contexts
+ * (one per worker thread) run side by side without locks. The context sits
+ * below the modules that use it (listener, tcp_relay, udp_relay, ftp_helper)
+ * and calls none of them; the worker assembles them (worker.h).
+ *
+ * Rulesets in use. New connections take ctx->rules. A reload hands the
+ * context a newer ruleset (relay_ctx_set_rules); the older one is kept,
+ * "retired", while sessions (and draining UDP forwards) still run on its
+ * forwards, and released when the last of them ends. Each user registers
+ * with relay_ctx_take_forward / relay_ctx_release_forward: plain counts of
+ * this worker, so the data path takes no lock.
  */
 #ifndef PORTRELAY_RELAY_H
 #define PORTRELAY_RELAY_H
@@ -16,8 +25,10 @@
 #include <sys/time.h>
 
 #include "portrelay/config.h"
+#include "portrelay/counters.h"
 #include "portrelay/net.h"
 #include "portrelay/pump.h"
+#include "portrelay/ruleset.h"
 
 struct event_base;
 struct event;
@@ -25,68 +36,17 @@ struct listener_set;
 struct tcp_session;
 struct udp_relay;
 
-TAILQ_HEAD(tcp_session_list, tcp_session);
-
-/*
- * The counters, declared once: every field is a uint64_t, summed field by
- * field (relay_counters_add), so a new one needs no other change to be
- * summed; metrics.c says how each is exposed.
- *
- * Each worker keeps one block per forward (relay_ctx.forward_counters,
- * indexed like config->forwards) plus one for the process (index
- * forward_count: events no forward owns, such as running out of
- * descriptors). A block is written only by its own worker, with plain
- * increments: a relaxed atomic read-modify-write (a locked add on x86) on
- * every relayed batch is the cost the data path must not pay. Readers (the
- * admin endpoint on the main thread, the closing totals) load each field
- * with a relaxed atomic load, without stopping the worker: an aligned 64-bit
- * store is single-copy atomic on the 64-bit targets portrelay runs on, so a
- * reader sees an old or a new value, never a torn one, and a sum that is
- * momentarily inconsistent between fields is fine for metrics.
- *
- * When the forward table becomes a reloadable snapshot, the blocks are
- * re-keyed by forward (protocol, address, port) rather than by index: a
- * kept forward carries its block over, a new one starts at zero.
- */
-struct relay_counters {
-	uint64_t tcp_accepted;
-	uint64_t tcp_active;           /* sessions open now (FTP data connections too) */
-	uint64_t tcp_connect_refused;  /* the internal host refused (RST) */
-	uint64_t tcp_connect_timeout;  /* no answer within tcp.connect_timeout */
-	uint64_t tcp_connect_other;    /* unreachable, no socket, ... */
-	uint64_t tcp_reset;            /* sessions ended by a reset or socket error */
-	uint64_t tcp_idle_closed;
-	uint64_t accept_fd_exhausted;  /* EMFILE/ENFILE episodes (process block) */
-	uint64_t bytes_to_internal;
-	uint64_t bytes_to_client;
-
-	uint64_t udp_flows_created;
-	uint64_t udp_flows_expired;
-	uint64_t udp_datagrams_to_internal;
-	uint64_t udp_datagrams_to_client;
-	uint64_t udp_dropped_table_full;   /* new client while max_flows were open */
-	uint64_t udp_dropped_truncated;    /* larger than the relay's 64 KiB buffer */
-	uint64_t udp_dropped_send;         /* send failed: buffer full, too big, ... */
-	uint64_t udp_refused;              /* ICMP port unreachable from the internal host */
-	uint64_t udp_flow_failed;          /* no socket for a new flow (fds, memory) */
-
-	uint64_t ftp_data_opened;          /* data listeners opened for PASV/EPSV/PORT/EPRT */
-	uint64_t ftp_data_connected;       /* ... that got their connection */
-	uint64_t ftp_data_expired;         /* ... closed unused after ftp.data_timeout */
-	uint64_t ftp_data_dropped;         /* ... closed unused with their control connection,
-					      or replaced by a newer one */
-	uint64_t ftp_data_refused;         /* connections to them from a foreign address */
-	uint64_t ftp_commands_refused;     /* answered by the relay, never passed on */
+/* A ruleset this context has run and that still has users. */
+struct relay_rules_use {
+	struct ruleset *rules;
+	unsigned users;
+	bool retiring;                 /* a reload is moving users off it: not freed at 0 */
+	uint64_t drain_deadline_ms;    /* drain_timeout: users are cut then; 0: never */
+	LIST_ENTRY(relay_rules_use) link;
 };
+LIST_HEAD(relay_rules_uses, relay_rules_use);
 
-/* Connect failures of every reason. */
-static inline uint64_t relay_counters_connect_failed(const struct relay_counters *c)
-{
-	return c->tcp_connect_refused + c->tcp_connect_timeout + c->tcp_connect_other;
-}
-
-/* sum += c, field by field, each read with a relaxed atomic load (see above). */
-void relay_counters_add(struct relay_counters *sum, const struct relay_counters *c);
+TAILQ_HEAD(tcp_session_list, tcp_session);
 
 /*
  * Shared by every worker: whether the process is out of file descriptors.
@@ -104,28 +64,23 @@ struct relay_options {
 	struct fd_episode *fd_episode;
 	enum net_share share;          /* several workers bind the same ports */
 	unsigned max_pipes;            /* splice pipes in use at once; 0 = no splicing */
-	/*
-	 * Flows open per forward (indexed like config->forwards), shared by all
-	 * workers so that udp.max_flows holds for the process. Changed only
-	 * when a flow opens or closes.
-	 */
-	atomic_uint *udp_flows_open;
 };
 
 struct relay_ctx {
 	struct event_base *base;
-	const struct config *config;   /* immutable while the loop runs */
+	unsigned worker;               /* which counter block of a forward is ours */
+	struct ruleset *rules;         /* the rules new connections and flows take */
+	const struct config *config;   /* &rules->cfg */
+	unsigned rules_users;          /* sessions on rules' forwards */
+	struct relay_rules_uses retired;   /* older rulesets with users left */
 	struct relay_options options;
 	struct pump_pool pumps;        /* scratch buffer and splice pipes */
 	struct listener_set *listeners;
 	struct udp_relay *udp;
 	struct tcp_session_list sessions;
 	unsigned session_count;
-	/*
-	 * config->forward_count + 1 blocks: one per forward, then the process's
-	 * (see struct relay_counters). Outlive relay_ctx_close, for the totals.
-	 */
-	struct relay_counters *forward_counters;
+	/* Events no forward owns; the forwards' blocks are in their stats. */
+	struct relay_counters process_counters;
 	/*
 	 * Bumped by every socket callback; relay_ctx_run's busy polling goes on
 	 * while it keeps changing.
@@ -141,18 +96,38 @@ struct relay_ctx {
 	uint64_t tcp_idle_timeout_ms;
 };
 
-/* Prepares ctx on base for cfg; opens nothing yet. -1 when out of memory. */
-int relay_ctx_init(struct relay_ctx *ctx, struct event_base *base, const struct config *cfg,
-		    const struct relay_options *options);
-
-
+/*
+ * Prepares ctx on base for worker number `worker`, running rules (a
+ * reference is taken); opens nothing. -1 when out of memory.
+ */
+int relay_ctx_init(struct relay_ctx *ctx, struct event_base *base, unsigned worker,
+		   struct ruleset *rules, const struct relay_options *options);
 
 /*
- * Opens every TCP listener and UDP socket of the enabled forwards. On a
- * bind failure logs the
- * forward, address:port and reason, and returns -1 (nothing stays open).
+ * Makes rules (a reference is taken) the ones new connections take; the
+ * previous ruleset is retired, with a drain deadline if the new
+ * configuration sets drain_timeout. Once the modules have moved their
+ * sessions and flows (those that stay the same) onto the new rules,
+ * relay_ctx_release_unused frees the retired rulesets nothing uses.
  */
-int relay_ctx_open(struct relay_ctx *ctx);
+void relay_ctx_set_rules(struct relay_ctx *ctx, struct ruleset *rules);
+void relay_ctx_release_unused(struct relay_ctx *ctx);
+
+/* A session (or a draining UDP forward) starts or stops using fwd. */
+void relay_ctx_take_forward(struct relay_ctx *ctx, const struct forward *fwd);
+void relay_ctx_release_forward(struct relay_ctx *ctx, const struct forward *fwd);
+
+/* Whether fwd belongs to the rules new connections take. */
+static inline bool relay_ctx_is_current(const struct relay_ctx *ctx, const struct forward *fwd)
+{
+	return ruleset_owns(ctx->rules, fwd);
+}
+
+/* The retired ruleset that fwd belongs to, or NULL. */
+struct relay_rules_use *relay_ctx_retired_of(struct relay_ctx *ctx, const struct forward *fwd);
+
+/* The earliest drain deadline of the retired rulesets; 0: none. */
+uint64_t relay_ctx_next_drain_ms(const struct relay_ctx *ctx);
 
 /*
  * Runs ctx's event loop until event_base_loopbreak(). With busy_poll set, the
@@ -167,24 +142,24 @@ static inline void relay_ctx_note_activity(struct relay_ctx *ctx)
 	ctx->activity++;
 }
 
-/* fwd's counter block in this context; fwd is one of ctx->config->forwards. */
+/* This worker's counter block of fwd (of any ruleset it runs). */
 static inline struct relay_counters *relay_ctx_counters(struct relay_ctx *ctx,
 							const struct forward *fwd)
 {
-	return &ctx->forward_counters[fwd - ctx->config->forwards];
+	return forward_counters(fwd, ctx->worker);
 }
 
 /* The block of events no forward owns. */
 static inline struct relay_counters *relay_ctx_process_counters(struct relay_ctx *ctx)
 {
-	return &ctx->forward_counters[ctx->config->forward_count];
+	return &ctx->process_counters;
 }
 
-/* Closes listeners and every session, frees what ctx owns but its counters. */
-void relay_ctx_close(struct relay_ctx *ctx);
-
-/* Frees the counters, after the last read. */
-void relay_ctx_free_counters(struct relay_ctx *ctx);
+/*
+ * Frees what the context itself owns (pipes, rulesets), once the modules
+ * that used it have closed everything; process_counters stay readable.
+ */
+void relay_ctx_destroy(struct relay_ctx *ctx);
 
 /* Seconds as a double -> struct timeval. */
 struct timeval relay_seconds_to_timeval(double seconds);

@@ -37,4 +37,20 @@ void tcp_session_start_data(struct relay_ctx *ctx, const struct forward *fwd,
 /* Frees a session without logging, for shutdown. */
 void tcp_session_free(struct tcp_session *session);
 
+/* Frees every session of ctx, for shutdown. */
+void tcp_sessions_free_all(struct relay_ctx *ctx);
+
+/*
+ * After a reload (relay_ctx_set_rules): sessions of a forward that the new
+ * rules keep exactly as it was move onto the new forward; those of a
+ * removed or changed forward stay on their old one.
+ */
+void tcp_sessions_follow_rules(struct relay_ctx *ctx);
+
+/*
+ * Closes (resets) the sessions on old rules whose drain deadline has
+ * passed; returns how many.
+ */
+unsigned tcp_sessions_drain_due(struct relay_ctx *ctx, uint64_t now_ms);
+
 #endif

@@ -9,17 +9,40 @@
 #ifndef PORTRELAY_WORKER_H
 #define PORTRELAY_WORKER_H
 
-#include "portrelay/config.h"
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "portrelay/counters.h"
 #include "portrelay/relay.h"
+#include "portrelay/ruleset.h"
 
 struct worker_pool;
 
 /*
- * Opens `count` workers, each binding every port of the enabled forwards.
- * fd_limit sizes the splice pipe pools. NULL after logging on failure.
+ * Opens `count` workers running rules (a reference is taken), each binding
+ * every port of the enabled forwards. fd_limit sizes the splice pipe pools.
+ * NULL after logging on failure.
  */
-struct worker_pool *worker_pool_open(const struct config *cfg, unsigned count,
+struct worker_pool *worker_pool_open(struct ruleset *rules, unsigned count,
 				     unsigned long fd_limit);
+
+/*
+ * Applies rules (published with ruleset_new from the running ones) in every
+ * worker, on the worker's own loop: ports kept keep their sockets, new ones
+ * are bound, removed ones close, and connections and flows of removed or
+ * changed forwards finish under their old rules (or at drain_timeout). If
+ * any worker cannot bind a new port, no worker changes anything: -1, with
+ * the reason in err. Call on the main thread while the pool runs.
+ */
+int worker_pool_reload(struct worker_pool *pool, struct ruleset *rules, char *err, size_t len);
+
+/* The rules in force, with a reference for the caller; from any thread. */
+struct ruleset *worker_pool_rules(struct worker_pool *pool);
+
+/* Reloads by result, for the metrics; counted by whoever runs them. */
+void worker_pool_count_reload(struct worker_pool *pool, bool succeeded);
+void worker_pool_reloads(struct worker_pool *pool, uint64_t *succeeded, uint64_t *failed);
 
 /* Worker 0's event base: the main thread's, where signals are handled. */
 struct event_base *worker_pool_main_base(struct worker_pool *pool);
@@ -42,18 +65,14 @@ void worker_pool_stop(struct worker_pool *pool);
 void worker_pool_drain(struct worker_pool *pool, double timeout);
 
 /*
- * Counters of all workers added up: every forward's and the process's.
- * Safe while the workers run (see struct relay_counters); call on the main
- * thread.
+ * Counters of all workers added up over the process's life: every
+ * forward's, those of forwards reloads removed, and the process's. Safe
+ * while the workers run (see struct relay_counters).
  */
-void worker_pool_counters(const struct worker_pool *pool, struct relay_counters *sum);
+void worker_pool_counters(struct worker_pool *pool, struct relay_counters *sum);
 
-/* One forward's counters (index into config->forwards), all workers added up. */
-void worker_pool_forward_counters(const struct worker_pool *pool, size_t forward,
-				  struct relay_counters *sum);
-
-/* UDP flows open now for one forward, in every worker. */
-unsigned worker_pool_udp_flows_open(const struct worker_pool *pool, size_t forward);
+/* The process's blocks (events no forward owns), all workers added up. */
+void worker_pool_process_counters(const struct worker_pool *pool, struct relay_counters *sum);
 
 /* Stops the workers and closes every session, flow and socket (counted). */
 void worker_pool_close(struct worker_pool *pool);

@@ -1,0 +1,143 @@
+/*
+ * reload.c - reading the configuration again and applying it (reload.h).
+ */
+#include "portrelay/reload.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "portrelay/log.h"
+#include "portrelay/ruleset.h"
+
+/*
+ * A setting that cannot change while running: if the new configuration
+ * changes it, the running value is kept and the change reported.
+ */
+static void reload_keep(uint64_t attempt, const char *name, bool changed, const char *was,
+			const char *wanted)
+{
+	if (changed)
+		log_warn(NULL, "reload %llu: %s changed (%s -> %s) but needs a restart: keeping %s",
+			 (unsigned long long)attempt, name, was, wanted, was);
+}
+
+static void reload_keep_unsigned(uint64_t attempt, const char *name, unsigned *wanted,
+				 unsigned running)
+{
+	char was[24], now[24];
+	snprintf(was, sizeof was, "%u", running);
+	snprintf(now, sizeof now, "%u", *wanted);
+	reload_keep(attempt, name, *wanted != running, was, now);
+	*wanted = running;
+}
+
+static void reload_keep_restart_settings(uint64_t attempt, struct config *cfg,
+					 const struct config *running)
+{
+	reload_keep_unsigned(attempt, "workers", &cfg->workers, running->workers);
+	reload_keep_unsigned(attempt, "busy_poll", &cfg->busy_poll_us, running->busy_poll_us);
+	reload_keep(attempt, "tcp.splice", cfg->tcp_splice != running->tcp_splice,
+		    running->tcp_splice ? "true" : "false", cfg->tcp_splice ? "true" : "false");
+	cfg->tcp_splice = running->tcp_splice;
+	reload_keep(attempt, "admin.listen", strcmp(cfg->admin_listen, running->admin_listen) != 0,
+		    running->admin_listen[0] != '\0' ? running->admin_listen : "(none)",
+		    cfg->admin_listen[0] != '\0' ? cfg->admin_listen : "(none)");
+	reload_keep(attempt, "admin.token_file",
+		    strcmp(cfg->admin_token_file, running->admin_token_file) != 0,
+		    running->admin_token_file[0] != '\0' ? running->admin_token_file : "(none)",
+		    cfg->admin_token_file[0] != '\0' ? cfg->admin_token_file : "(none)");
+	memcpy(cfg->admin_listen, running->admin_listen, sizeof cfg->admin_listen);
+	memcpy(cfg->admin_token_file, running->admin_token_file, sizeof cfg->admin_token_file);
+	cfg->admin_unix = running->admin_unix;
+	cfg->admin_addr = running->admin_addr;
+}
+
+struct reload_diff {
+	unsigned added, removed, changed, unchanged;
+	size_t enabled;
+};
+
+static struct reload_diff reload_compare(const struct config *cfg, const struct ruleset *running)
+{
+	struct reload_diff diff = { 0 };
+	for (size_t i = 0; i < cfg->forward_count; i++) {
+		const struct forward *fwd = &cfg->forwards[i];
+		if (!fwd->enabled)
+			continue;
+		diff.enabled++;
+		const struct forward *before = ruleset_find_place(running, fwd);
+		if (before == NULL)
+			diff.added++;
+		else if (forward_same_rule(before, fwd))
+			diff.unchanged++;
+		else
+			diff.changed++;
+	}
+	for (size_t i = 0; i < running->cfg.forward_count; i++) {
+		const struct forward *fwd = &running->cfg.forwards[i];
+		if (!fwd->enabled)
+			continue;
+		bool found = false;
+		for (size_t j = 0; j < cfg->forward_count && !found; j++)
+			found = cfg->forwards[j].enabled && forward_same_place(&cfg->forwards[j], fwd);
+		diff.removed += !found;
+	}
+	return diff;
+}
+
+/* Logs each forward the reload adds or changes, as start-up does. */
+static void reload_log_forwards(const struct ruleset *rules, const struct ruleset *running)
+{
+	for (size_t i = 0; i < rules->cfg.forward_count; i++) {
+		const struct forward *fwd = &rules->cfg.forwards[i];
+		const struct forward *before = ruleset_find_place(running, fwd);
+		if (!fwd->enabled || (before != NULL && forward_same_rule(before, fwd)))
+			continue;
+		char line[1024];
+		log_info(NULL, "forward %s%s", forward_describe(fwd, line, sizeof line),
+			 before != NULL ? " (changed)" : " (added)");
+	}
+}
+
+int reload_run(struct reloader *reloader)
+{
+	uint64_t attempt = ++reloader->attempts;
+	char err[1024];
+	struct config cfg;
+	struct ruleset *running = worker_pool_rules(reloader->pool);
+	struct ruleset *rules = NULL;
+
+	if (config_load_sources(&cfg, reloader->sources, err, sizeof err) < 0)
+		goto fail;
+	reload_keep_restart_settings(attempt, &cfg, &running->cfg);
+	struct reload_diff diff = reload_compare(&cfg, running);
+	if (diff.enabled == 0)
+		log_warn(NULL, "reload %llu: no enabled forward: nothing will be relayed",
+			 (unsigned long long)attempt);
+	rules = ruleset_new(&cfg, running, reloader->workers);
+	if (rules == NULL) {
+		snprintf(err, sizeof err, "out of memory");
+		goto fail;
+	}
+	if (worker_pool_reload(reloader->pool, rules, err, sizeof err) < 0)
+		goto fail;
+
+	if (!reloader->log_level_fixed)
+		log_set_level(rules->cfg.log_level);
+	reload_log_forwards(rules, running);
+	log_info(NULL, "reload %llu: applied: %zu forward%s enabled (%u added, %u removed, "
+		 "%u changed, %u unchanged)", (unsigned long long)attempt, diff.enabled,
+		 diff.enabled == 1 ? "" : "s", diff.added, diff.removed, diff.changed,
+		 diff.unchanged);
+	worker_pool_count_reload(reloader->pool, true);
+	ruleset_unref(rules);
+	ruleset_unref(running);
+	return 0;
+fail:
+	log_error(NULL, "reload %llu: failed, the running rules stay: %s",
+		  (unsigned long long)attempt, err);
+	worker_pool_count_reload(reloader->pool, false);
+	ruleset_unref(rules);
+	ruleset_unref(running);
+	return -1;
+}
