@@ -525,14 +525,18 @@ bool forward_same_place(const struct forward *a, const struct forward *b)
 	       net_addr_same_ip(&a->external_addr, &b->external_addr);
 }
 
+bool forward_same_target(const struct forward *a, const struct forward *b)
+{
+	return forward_same_place(a, b) && net_addr_same_ip(&a->internal_addr, &b->internal_addr) &&
+	       a->internal_port_first == b->internal_port_first &&
+	       a->internal_port_last == b->internal_port_last && a->ftp == b->ftp;
+}
+
 bool forward_same_rule(const struct forward *a, const struct forward *b)
 {
-	return forward_same_place(a, b) && strcmp(a->name, b->name) == 0 &&
+	return forward_same_target(a, b) && strcmp(a->name, b->name) == 0 &&
 	       a->enabled == b->enabled && strcmp(a->internal_host, b->internal_host) == 0 &&
-	       net_addr_same_ip(&a->internal_addr, &b->internal_addr) &&
-	       a->internal_port_first == b->internal_port_first &&
-	       a->internal_port_last == b->internal_port_last &&
-	       a->udp_idle_timeout == b->udp_idle_timeout && a->ftp == b->ftp &&
+	       a->udp_idle_timeout == b->udp_idle_timeout &&
 	       a->ftp_data_port_first == b->ftp_data_port_first &&
 	       a->ftp_data_port_last == b->ftp_data_port_last;
 }

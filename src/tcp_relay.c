@@ -563,8 +563,8 @@ void tcp_sessions_follow_rules(struct relay_ctx *ctx)
 		if (relay_ctx_is_current(ctx, old))
 			continue;
 		const struct forward *now = ruleset_find_place(ctx->rules, old);
-		if (now == NULL || !forward_same_rule(now, old))
-			continue;   /* removed or changed: it goes on under its old rule */
+		if (now == NULL || !forward_same_target(now, old))
+			continue;   /* removed or retargeted: it goes on under its old rule */
 		relay_ctx_take_forward(ctx, now);
 		session->forward = now;
 		if (session_helper(session) != NULL)

@@ -717,7 +717,7 @@ static void udp_forward_keep(struct udp_forward *forward, const struct forward *
 {
 	const struct forward *old = forward->fwd;
 	udp_forward_follow(forward, fwd);
-	if (forward_same_rule(old, fwd) || flow_table_count(&forward->flows) == 0)
+	if (forward_same_target(old, fwd) || flow_table_count(&forward->flows) == 0)
 		return;
 	/* Flows open now go on to the old target (their sockets are connected to it). */
 	uint64_t now = relay_now_ms();

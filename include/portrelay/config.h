@@ -155,6 +155,14 @@ int config_load_sources(struct config *cfg, const struct config_sources *sources
  */
 bool forward_same_place(const struct forward *a, const struct forward *b);
 
+/*
+ * The same place and the same target (internal address and ports) and
+ * helper: a connection or flow opened under a can go on under b. A
+ * reload moves those over (a renamed forward keeps its connections; a
+ * new internal address leaves them on the old rule).
+ */
+bool forward_same_target(const struct forward *a, const struct forward *b);
+
 /* The same place and the same rule: nothing but the origin differs. */
 bool forward_same_rule(const struct forward *a, const struct forward *b);
 

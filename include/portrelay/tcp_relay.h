@@ -42,8 +42,9 @@ void tcp_sessions_free_all(struct relay_ctx *ctx);
 
 /*
  * After a reload (relay_ctx_set_rules): sessions of a forward that the new
- * rules keep exactly as it was move onto the new forward; those of a
- * removed or changed forward stay on their old one.
+ * rules keep with the same target (forward_same_target: a new name or new
+ * timeouts do not matter) move onto the new forward; those of a removed or
+ * retargeted forward stay on their old one.
  */
 void tcp_sessions_follow_rules(struct relay_ctx *ctx);
 
