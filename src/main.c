@@ -404,6 +404,12 @@ static int run(struct config *config, const struct config_sources *sources,
 		 cfg->tcp_splice ? ", splice on" : "", busy_poll);
 	describe_status(&service);
 	notify_ready(service.notify, service.status);
+	/*
+	 * The pool holds the rules from here: a reload may replace them, and
+	 * the counters of forwards it removes reach the totals only once no
+	 * one holds them.
+	 */
+	ruleset_unref(rules);
 	int status = worker_pool_run(pool) == 0 ? EXIT_OK : EXIT_CONFIG;
 
 	worker_pool_close(pool);
@@ -418,7 +424,6 @@ static int run(struct config *config, const struct config_sources *sources,
 	notify_close(service.notify);
 	admin_free(admin);
 	worker_pool_free(pool);
-	ruleset_unref(rules);
 	return status;
 }
 

@@ -111,9 +111,12 @@ int reload_run(struct reloader *reloader)
 		goto fail;
 	reload_keep_restart_settings(attempt, &cfg, &running->cfg);
 	struct reload_diff diff = reload_compare(&cfg, running);
-	if (diff.enabled == 0)
-		log_warn(NULL, "reload %llu: no enabled forward: nothing will be relayed",
-			 (unsigned long long)attempt);
+	if (diff.enabled == 0) {
+		/* As at start-up; and a file caught half-written must not remove every forward. */
+		snprintf(err, sizeof err, "no enabled forward: nothing to do");
+		config_free(&cfg);
+		goto fail;
+	}
 	rules = ruleset_new(&cfg, running, reloader->workers);
 	if (rules == NULL) {
 		snprintf(err, sizeof err, "out of memory");
