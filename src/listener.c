@@ -71,7 +71,11 @@ static void listener_on_backoff(evutil_socket_t fd, short what, void *arg)
 	listener_set_enable(set, true);
 }
 
-void listener_set_pause_for_fds(struct listener_set *set)
+/*
+ * Stops accepting for a while after fd exhaustion (an accept, or the
+ * session's connect, failed for lack of descriptors), then retries.
+ */
+static void listener_set_pause_for_fds(struct listener_set *set)
 {
 	if (set == NULL || set->paused)
 		return;
@@ -104,7 +108,8 @@ void listener_set_pause_for_fds(struct listener_set *set)
 	event_add(set->backoff_timer, &delay);
 }
 
-void listener_set_fds_recovered(struct listener_set *set)
+/* Ends an fd-exhaustion episode (logged once): a new session got both its sockets. */
+static void listener_set_fds_recovered(struct listener_set *set)
 {
 	if (set == NULL || !set->exhausted)
 		return;
@@ -143,8 +148,12 @@ static void listener_on_accept(evutil_socket_t fd, short what, void *arg)
 				 strerror(errno));
 			return;
 		}
-		tcp_session_start(set->ctx, listener->forward, listener->port, client_fd,
-				  &client_addr);
+		if (tcp_session_start(set->ctx, listener->forward, listener->port, client_fd,
+				      &client_addr) < 0) {
+			listener_set_pause_for_fds(set);
+			return;
+		}
+		listener_set_fds_recovered(set);
 	}
 }
 

@@ -25,7 +25,6 @@
 
 #include "portrelay/config.h"
 #include "portrelay/ftp_helper.h"
-#include "portrelay/listener.h"
 #include "portrelay/log.h"
 #include "portrelay/pump.h"
 #include "portrelay/relay.h"
@@ -97,8 +96,8 @@ static struct ftp_helper *session_helper(const struct tcp_session *session)
 
 static void session_on_socket(evutil_socket_t fd, short what, void *arg);
 static void session_on_timer(evutil_socket_t fd, short what, void *arg);
-static void session_connect(struct tcp_session *session, const struct net_addr *target,
-			    const struct net_addr *source);
+static int session_connect(struct tcp_session *session, const struct net_addr *target,
+			   const struct net_addr *source);
 
 /* Changes what an endpoint waits for; libevent batches the epoll updates. */
 static void endpoint_watch(struct tcp_session *session, struct endpoint *endpoint, short interest)
@@ -497,8 +496,8 @@ static struct tcp_session *session_new(struct relay_ctx *ctx, const struct forwa
 	return session;
 }
 
-void tcp_session_start(struct relay_ctx *ctx, const struct forward *fwd, uint16_t port,
-		       int client_fd, const struct net_addr *client_addr)
+int tcp_session_start(struct relay_ctx *ctx, const struct forward *fwd, uint16_t port,
+		      int client_fd, const struct net_addr *client_addr)
 {
 	relay_ctx_counters(ctx, fwd)->tcp_accepted++;
 	struct tcp_session *session = session_new(ctx, fwd, client_fd, client_addr,
@@ -506,12 +505,12 @@ void tcp_session_start(struct relay_ctx *ctx, const struct forward *fwd, uint16_
 	if (session == NULL) {
 		log_warn(fwd->name, "out of memory for a new connection; closing it");
 		net_close_reset(client_fd);
-		return;
+		return -1;
 	}
 
 	session->external_port = port;
 	struct net_addr internal_addr = forward_internal_addr(fwd, port);
-	session_connect(session, &internal_addr, NULL);
+	return session_connect(session, &internal_addr, NULL);
 }
 
 void tcp_session_start_data(struct relay_ctx *ctx, const struct forward *fwd,
@@ -531,26 +530,28 @@ void tcp_session_start_data(struct relay_ctx *ctx, const struct forward *fwd,
 	ftp->target = channel->target;
 	ftp->link = channel->link;
 	session->external_port = fwd->external_port_first;
-	session_connect(session, &ftp->target, &channel->source);
+	(void)session_connect(session, &ftp->target, &channel->source);
 }
 
-/* Starts the connection towards target, from source if not NULL. */
-static void session_connect(struct tcp_session *session, const struct net_addr *target,
-			    const struct net_addr *source)
+/*
+ * Starts the connection towards target, from source if not NULL. -1 (the
+ * session is gone) when no socket could be had for lack of descriptors.
+ */
+static int session_connect(struct tcp_session *session, const struct net_addr *target,
+			   const struct net_addr *source)
 {
 	struct relay_ctx *ctx = session->ctx;
 	session->internal.fd = net_connect_tcp_from(target, source);
 	if (session->internal.fd < 0) {
 		int error = errno;
-		if (error == EMFILE || error == ENFILE)
-			listener_set_pause_for_fds(ctx->listeners);
 		session_connect_failed(session, error);
-		return;
+		errno = error;
+		return error == EMFILE || error == ENFILE ? -1 : 0;
 	}
-	listener_set_fds_recovered(ctx->listeners);
 	session->state = SESSION_CONNECTING;
 	endpoint_watch(session, &session->internal, EV_WRITE);
 	event_add(&session->timer, &ctx->tcp_connect_timeout);
+	return 0;
 }
 
 /* ---- reloads ----------------------------------------------------------------------- */

@@ -39,17 +39,6 @@ void listener_set_commit(struct listener_set *set, struct listener_set *current)
 /* Number of listening sockets open. */
 unsigned listener_set_count(const struct listener_set *set);
 
-/*
- * Stops accepting for a while after fd exhaustion, then retries. Called by
- * the accept loop and by tcp_relay when its outgoing socket() fails.
- */
-void listener_set_pause_for_fds(struct listener_set *set);
-
-/*
- * Ends an fd-exhaustion episode (logged once): called when a new session got
- * both its sockets. Cheap when there is no episode.
- */
-void listener_set_fds_recovered(struct listener_set *set);
 
 void listener_set_free(struct listener_set *set);
 

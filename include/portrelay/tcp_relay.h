@@ -22,9 +22,13 @@ struct tcp_session;
 /*
  * Takes ownership of client_fd (non-blocking) accepted on external port
  * `port` of fwd, and starts connecting to the matching internal port.
+ * Returns -1 when the session could not get its second socket for lack of
+ * file descriptors (the client has been reset): the caller, which accepts,
+ * should stop accepting for a while rather than reset every client in its
+ * backlog.
  */
-void tcp_session_start(struct relay_ctx *ctx, const struct forward *fwd, uint16_t port,
-		       int client_fd, const struct net_addr *client_addr);
+int tcp_session_start(struct relay_ctx *ctx, const struct forward *fwd, uint16_t port,
+		      int client_fd, const struct net_addr *client_addr);
 
 /*
  * An FTP data connection (ftp_helper.h): takes ownership of the accepted
