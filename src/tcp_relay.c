@@ -387,6 +387,24 @@ static void session_connect_failed(struct tcp_session *session, int error)
 	session_end(session, reason, true, false);
 }
 
+/*
+ * While connecting, the client is watched edge-triggered: its data stays in
+ * the socket until the internal host answers, but a client that resets
+ * before then ends the attempt at once, instead of costing the internal
+ * server a connection and the relay two descriptors until connect_timeout.
+ * (EV_CLOSED alone would not do: libevent reports a reset as read and
+ * write readiness, not as EV_CLOSED.) Data or a FIN (a client that sent
+ * all it had: a half-close passed on once connected) leave the attempt be.
+ */
+static void session_client_closed_early(struct tcp_session *session)
+{
+	/* SO_ERROR: a peek would see the data the client sent before its reset first. */
+	if (net_socket_error(session->client.fd) == 0)
+		return;
+	session_counters(session)->tcp_reset++;
+	session_end(session, "client reset while connecting", true, true);
+}
+
 static void session_connected(struct tcp_session *session)
 {
 	int error = net_socket_error(session->internal.fd);
@@ -422,7 +440,10 @@ static void session_on_socket(evutil_socket_t fd, short what, void *arg)
 
 	relay_ctx_note_activity(session->ctx);
 	if (session->state == SESSION_CONNECTING) {
-		session_connected(session);
+		if (fd == session->client.fd)
+			session_client_closed_early(session);
+		else
+			session_connected(session);
 		return;
 	}
 	bool client_side = fd == session->client.fd;
@@ -550,6 +571,7 @@ static int session_connect(struct tcp_session *session, const struct net_addr *t
 	}
 	session->state = SESSION_CONNECTING;
 	endpoint_watch(session, &session->internal, EV_WRITE);
+	endpoint_watch(session, &session->client, EV_READ | EV_ET);
 	event_add(&session->timer, &ctx->tcp_connect_timeout);
 	return 0;
 }
