@@ -216,7 +216,12 @@ static void admin_on_request(struct evhttp_request *req, void *arg)
 static int admin_listen_unix(const char *path)
 {
 	struct sockaddr_un sun = { .sun_family = AF_UNIX };
-	snprintf(sun.sun_path, sizeof sun.sun_path, "%s", path);
+	size_t path_len = strlen(path);
+	if (path_len >= sizeof sun.sun_path) {
+		errno = ENAMETOOLONG;
+		return -1;
+	}
+	memcpy(sun.sun_path, path, path_len + 1);
 	struct stat st = { .st_mode = 0 };
 	if (lstat(path, &st) == 0) {
 		if (!S_ISSOCK(st.st_mode)) {

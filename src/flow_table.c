@@ -28,13 +28,6 @@ void flow_key_set(struct flow_key *key, const struct sockaddr *client, uint16_t 
 	}
 }
 
-/* 64x64 -> 128-bit multiply, folded: a strong mixing step (as in wyhash). */
-static uint64_t flow_mix(uint64_t a, uint64_t b)
-{
-	__uint128_t product = (__uint128_t)a * b;
-	return (uint64_t)product ^ (uint64_t)(product >> 64);
-}
-
 uint32_t flow_table_hash(const struct flow_table *table, const struct flow_key *key)
 {
 	uint64_t words[3];

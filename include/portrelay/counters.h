@@ -18,10 +18,23 @@
  * increments: a relaxed atomic read-modify-write (a locked add on x86) on
  * every relayed batch is the cost the data path must not pay. Readers (the
  * admin endpoint on the main thread, the closing totals) load each field
- * with a relaxed atomic load, without stopping the worker: an aligned 64-bit
- * store is single-copy atomic on the 64-bit targets portrelay runs on, so a
- * reader sees an old or a new value, never a torn one, and a sum that is
- * momentarily inconsistent between fields is fine for metrics.
+ * with a relaxed atomic load, without stopping the worker: on 64-bit targets
+ * an aligned 64-bit store is single-copy atomic, so a reader sees an old or a
+ * new value, never a torn one, and a sum that is momentarily inconsistent
+ * between fields is fine for metrics.
+ *
+ * On 32-bit targets (i386, 32-bit ARM and MIPS routers) a plain 64-bit
+ * increment is two 32-bit stores, and a reader between them can see a torn
+ * value. It differs from both the old and the new value only when the
+ * increment carries into the high word (once every 2^32 bytes or events of a
+ * field), and only during the worker's next instruction: the reader loads
+ * each field until two loads agree (relay_counters_add), so a torn value
+ * remains possible only if the worker is preempted between its two stores
+ * while a reader reads. That is accepted, for metrics: the data path keeps
+ * its plain increments on every target (atomic stores would cost a 32-bit
+ * CPU on every relayed batch, and an atomic 64-bit read-modify-write needs a
+ * lock on some of them), and nothing but metrics and the closing totals reads
+ * these counters.
  */
 struct relay_counters {
 	uint64_t tcp_accepted;
@@ -32,6 +45,10 @@ struct relay_counters {
 	uint64_t tcp_reset;            /* sessions ended by a reset or socket error */
 	uint64_t tcp_idle_closed;
 	uint64_t tcp_drain_closed;     /* of a removed or changed forward, at drain_timeout */
+	uint64_t tcp_denied;           /* clients refused by allow/deny (reset at accept) */
+	uint64_t tcp_refused_source_limit;   /* ... at max_connections_per_source */
+	uint64_t tcp_refused_forward_limit;  /* ... at the forward's max_connections */
+	uint64_t tcp_max_connections_reached;   /* episodes at the global max (process block) */
 	uint64_t accept_fd_exhausted;  /* EMFILE/ENFILE episodes (process block) */
 	uint64_t bytes_to_internal;
 	uint64_t bytes_to_client;
@@ -46,6 +63,10 @@ struct relay_counters {
 	uint64_t udp_refused;              /* ICMP port unreachable from the internal host */
 	uint64_t udp_flow_failed;          /* no socket for a new flow (fds, memory) */
 	uint64_t udp_dropped_removed;      /* new client of a removed forward still draining */
+	uint64_t udp_denied;               /* new client refused by allow/deny */
+	uint64_t udp_dropped_source_limit; /* new client at max_flows_per_source */
+	uint64_t udp_dropped_flow_budget;  /* the process's descriptors for flows all in use */
+	uint64_t udp_flows_evicted;        /* not assured, closed to make room for a new client */
 	uint64_t udp_drain_closed;         /* flows of a removed or changed forward, at drain_timeout */
 
 	uint64_t ftp_data_opened;          /* data listeners opened for PASV/EPSV/PORT/EPRT */

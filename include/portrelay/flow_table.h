@@ -8,7 +8,7 @@
  * allocates or frees them.
  *
  * Hashing: open addressing with linear probing over a power-of-two array of
- * pointers (8 bytes a slot, at most half full), seeded per table so that a
+ * pointers (a pointer a slot, at most half full), seeded per table so that a
  * flood of chosen source addresses cannot aim at one chain. The hash of a
  * datagram's key is computed once and passed to both lookup and insert.
  *
@@ -61,6 +61,37 @@ void flow_table_destroy(struct flow_table *table);
 void flow_key_set(struct flow_key *key, const struct sockaddr *client, uint16_t external_port);
 
 uint32_t flow_table_hash(const struct flow_table *table, const struct flow_key *key);
+
+/*
+ * flow_table_hash's mixing step (as in wyhash): the 128-bit product a * b,
+ * its low 64 bits xor its high 64 bits. flow_mix_portable computes it from
+ * 32-bit halves on any target (32-bit CPUs have no 128-bit integer type);
+ * flow_mix is one 64x64->128 multiply where the compiler has __uint128_t and
+ * flow_mix_portable elsewhere. Both give the same value for every input, so
+ * the hash is the same on every target (the unit tests check it).
+ */
+static inline uint64_t flow_mix_portable(uint64_t a, uint64_t b)
+{
+	uint64_t a_lo = (uint32_t)a, a_hi = a >> 32;
+	uint64_t b_lo = (uint32_t)b, b_hi = b >> 32;
+	uint64_t lo_lo = a_lo * b_lo, lo_hi = a_lo * b_hi;
+	uint64_t hi_lo = a_hi * b_lo, hi_hi = a_hi * b_hi;
+	/* Bits 32-95 of the product, before the carries out of bit 63: < 3 * 2^32. */
+	uint64_t middle = (lo_lo >> 32) + (uint32_t)lo_hi + (uint32_t)hi_lo;
+	uint64_t high = hi_hi + (lo_hi >> 32) + (hi_lo >> 32) + (middle >> 32);
+	uint64_t low = a * b;
+	return low ^ high;
+}
+
+static inline uint64_t flow_mix(uint64_t a, uint64_t b)
+{
+#ifdef __SIZEOF_INT128__
+	__uint128_t product = (__uint128_t)a * b;
+	return (uint64_t)product ^ (uint64_t)(product >> 64);
+#else
+	return flow_mix_portable(a, b);
+#endif
+}
 
 /* The entry with this key (hash from flow_table_hash), or NULL. */
 struct flow_entry *flow_table_lookup(const struct flow_table *table, const struct flow_key *key,
