@@ -153,15 +153,39 @@ static void test_abstract_notify_socket(void **state)
 	run_ready_and_stopping(*state, true);
 }
 
-/* SIGHUP: RELOADING=1 with a MONOTONIC_USEC of now, then READY=1 (reload itself is a no-op). */
+/*
+ * SIGHUP: RELOADING=1 with a MONOTONIC_USEC of now, then READY=1 once the
+ * reload ran. The file, rewritten before the signal, adds a forward on
+ * 127.0.0.2 (the same port: nothing else binds that address), so the
+ * STATUS= of that READY=1 shows whether the reload ran before it was sent;
+ * the log says "reload 1: applied:" after "SIGHUP: reloading" (the log's
+ * reader may lag READY=1: waited for).
+ */
 static void test_sighup_sends_reloading_then_ready(void **state)
 {
 	struct fx *fx = *state;
 	struct notify_sink sink;
 	sink_open(&sink, true);
 	uint16_t port = start_echo_forward(fx, "");
+	uint16_t echo_port = tserver_port(fx->servers[fx->nservers - 1]);
 	char msg[4096];
 	assert_true(sink_wait_for(&sink, "READY=1", msg, sizeof msg, 10000 * hang_scale()));
+	if (strstr(msg, "STATUS=relaying 1 forwards: 1 tcp listeners, 1 udp sockets") == NULL) {
+		sink_close(&sink);
+		fail_with_log(fx, "READY=1 at start-up: \"%s\"", msg);
+	}
+	char *t = NULL;
+	assert_true(asprintf(&t,
+			     "forwards = (\n"
+			     "  { name = \"svc\"; protocol = \"both\"; external_address = \"127.0.0.1\";\n"
+			     "    external_port = %u; internal_ip = \"127.0.0.1\"; internal_port = %u; },\n"
+			     "  { name = \"svc2\"; protocol = \"tcp\"; external_address = \"127.0.0.2\";\n"
+			     "    external_port = %u; internal_ip = \"127.0.0.1\"; internal_port = %u; }\n"
+			     ");\n",
+			     port, echo_port, port, echo_port) > 0);
+	const char *path = relay_write_config(&fx->relay, t);
+	free(t);
+	assert_non_null(path);
 	uint64_t before = monotonic_usec();
 	kill(fx->relay.pid, SIGHUP);
 	bool reloading = sink_wait_for(&sink, "RELOADING=1", msg, sizeof msg, 10000 * hang_scale());
@@ -185,10 +209,31 @@ static void test_sighup_sends_reloading_then_ready(void **state)
 	sink_close(&sink);
 	if (!ready)
 		fail_with_log(fx, "no READY=1 after RELOADING=1");
-	/* Still relaying. */
+	/* The reload ran between the two: READY=1 describes the new rules. */
+	if (strstr(msg, "STATUS=relaying 2 forwards: 2 tcp listeners, 1 udp sockets") == NULL)
+		fail_with_log(fx, "READY=1 after the reload: \"%s\"", msg);
+	if (!wait_for_log(&fx->relay, "reload 1: applied:", 5000 * hang_scale()))
+		fail_with_log(fx, "READY=1 after RELOADING=1 without a \"reload 1: applied:\" line");
+	char *log = relay_log_copy(&fx->relay);
+	assert_non_null(log);
+	const char *hup = strstr(log, "SIGHUP: reloading the configuration");
+	const char *applied = strstr(log, "reload 1: applied:");
+	bool in_order = hup != NULL && applied != NULL && hup < applied;
+	free(log);
+	if (!in_order)
+		fail_with_log(fx, "\"reload 1: applied:\" not after \"SIGHUP: reloading ...\"");
+	const char *const added[] = { "reload 1: applied:", "2 forwards enabled",
+				      "1 added, 0 removed, 0 changed, 1 unchanged", NULL };
+	if (!relay_log_line_with(&fx->relay, added))
+		fail_with_log(fx, "the reload should have added one forward and kept the other");
+	/* Still relaying, and through the added forward too. */
 	int fd = fx_connect_relay(fx, AF_INET, port);
 	if (echo_roundtrip(fd, 10000 * hang_scale()) != 0)
 		fail_with_log(fx, "echo after SIGHUP: %s", strerror(errno));
+	close(fd);
+	fd = sock_connect_from(NULL, "127.0.0.2", port, 10000 * hang_scale());
+	if (fd < 0 || echo_roundtrip(fd, 10000 * hang_scale()) != 0)
+		fail_with_log(fx, "echo through the added forward on 127.0.0.2: %s", strerror(errno));
 	close(fd);
 	fx_stop_relay_ok(fx);
 }

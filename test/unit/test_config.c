@@ -373,6 +373,28 @@ static void test_shutdown_timeout_is_read_and_checked(void **state)
 	check_load_errors(*state, CASES(cases));
 }
 
+static void test_drain_timeout_is_read_and_checked(void **state)
+{
+	struct env *env = *state;
+
+	assert_true(env->cfg.drain_timeout == 0.0);
+	assert_int_equal(load(env, "drain_timeout = 1.5;\n"), 0);
+	assert_true(env->cfg.drain_timeout == 1.5);
+	assert_int_equal(load(env, "drain_timeout = 30;\n"), 0);
+	assert_true(env->cfg.drain_timeout == 30.0);
+	assert_int_equal(load(env, "drain_timeout = 0;\n"), 0);
+	assert_true(env->cfg.drain_timeout == 0.0);
+
+	assert_int_equal(load(env, "log_level = \"info\";\ndrain_timeout = -2.5;\n"), -1);
+	assert_error_equals(env, 2, "drain_timeout must be a number >= 0, not -2.5");
+	static const struct error_case cases[] = {
+		{ "drain_timeout = -1;\n", 1, "drain_timeout must be a number >= 0" },
+		{ "\n\ndrain_timeout = \"5\";\n", 3, "drain_timeout must be a number >= 0" },
+		{ "drain_timeout = 1e12;\n", 1, "drain_timeout 1e+12 is too large" },
+	};
+	check_load_errors(*state, CASES(cases));
+}
+
 static void test_empty_file_and_empty_lists_have_no_forwards(void **state)
 {
 	struct env *env = *state;
@@ -1098,6 +1120,288 @@ static void test_ftp_data_ports_may_not_overlap_a_forward(void **state)
 		");\n"), 0);
 }
 
+/* ---- what a reload compares, and reads again ------------------------------- */
+
+/* The finished forward of a file holding only `body` (one forward group), after `blank` lines. */
+static struct forward finished_forward_after(struct env *env, unsigned blank, const char *body)
+{
+	char text[1024];
+	struct forward fwd;
+
+	snprintf(text, sizeof text, "%.*sforwards = (\n  { %s }\n);\n", (int)blank,
+		 "\n\n\n\n\n\n\n\n", body);
+	config_free(&env->cfg);
+	if (load_and_finish(env, text) != 0 || env->cfg.forward_count != 1) {
+		print_error("%s\nrejected: %s\n", text, env->err);
+		fail();
+	}
+	fwd = env->cfg.forwards[0];
+	config_free(&env->cfg);
+	return fwd;
+}
+
+static struct forward finished_forward(struct env *env, const char *body)
+{
+	return finished_forward_after(env, 0, body);
+}
+
+#define PLACE_TCP "protocol = \"tcp\"; external_address = \"127.0.0.1\"; external_port = 8080;"
+#define TARGET "internal_ip = \"127.0.0.1\"; internal_port = 80;"
+
+static void test_same_rule_needs_every_field_but_the_origin(void **state)
+{
+	struct env *env = *state;
+	const struct forward base = finished_forward(env, "name = \"web\"; " PLACE_TCP " " TARGET);
+	/* same_target: whether connections may follow (-1: not asserted). */
+	struct {
+		const char *body;
+		const char *what;
+		int same_target;
+	} rule_changes[] = {
+		{ "name = \"www\"; " PLACE_TCP " " TARGET, "name", 1 },
+		{ "name = \"web\"; " PLACE_TCP " internal_ip = \"127.0.0.2\"; internal_port = 80;",
+		  "target address", 0 },
+		/* The same address or not, as localhost resolves here. */
+		{ "name = \"web\"; " PLACE_TCP " internal_ip = \"localhost\"; internal_port = 80;",
+		  "target host as written", -1 },
+		{ "name = \"web\"; " PLACE_TCP " internal_ip = \"127.0.0.1\"; internal_port = 81;",
+		  "target port", 0 },
+		{ "name = \"web\"; " PLACE_TCP " " TARGET " udp_idle_timeout = 5;",
+		  "udp_idle_timeout", 1 },
+		{ "name = \"web\"; " PLACE_TCP " " TARGET " ftp = true;", "ftp", 0 },
+		/* A disabled forward is not resolved: nothing to follow it to anyway. */
+		{ "name = \"web\"; " PLACE_TCP " " TARGET " enabled = false;", "enabled", -1 },
+	};
+
+	for (size_t i = 0; i < sizeof rule_changes / sizeof rule_changes[0]; i++) {
+		struct forward other = finished_forward(env, rule_changes[i].body);
+		int want_target = rule_changes[i].same_target;
+		if (!forward_same_place(&base, &other) || !forward_same_place(&other, &base) ||
+		    forward_same_rule(&base, &other) || forward_same_rule(&other, &base) ||
+		    (want_target >= 0 && forward_same_target(&base, &other) != want_target) ||
+		    (want_target >= 0 && forward_same_target(&other, &base) != want_target)) {
+			print_error("another %s: same_place %d, same_target %d, same_rule %d;"
+				    " expected 1, %d, 0\n", rule_changes[i].what,
+				    forward_same_place(&base, &other),
+				    forward_same_target(&base, &other),
+				    forward_same_rule(&base, &other), want_target);
+			fail();
+		}
+	}
+
+	/* enabled alone (a file's disabled forward also lacks its resolved address). */
+	struct forward off = base;
+	off.enabled = false;
+	assert_true(forward_same_place(&base, &off));
+	assert_false(forward_same_rule(&base, &off));
+	assert_false(forward_same_rule(&off, &base));
+
+	/* Itself, and a copy from elsewhere: only the origin differs. */
+	assert_true(forward_same_rule(&base, &base));
+	assert_true(forward_same_target(&base, &base));
+	struct forward moved = finished_forward_after(env, 3, "name = \"web\"; " PLACE_TCP " " TARGET);
+	assert_string_not_equal(moved.origin, base.origin);
+	assert_true(forward_same_rule(&base, &moved));
+	/* The counters pointer is not configuration. */
+	moved.stats = (struct forward_stats *)&moved;
+	assert_true(forward_same_rule(&base, &moved));
+
+	/* The FTP helper's data ports are part of the rule. */
+	struct forward ftp_a = finished_forward(env, PLACE_TCP " " TARGET " ftp = true;"
+					       " ftp_data_ports = \"30000-30009\";");
+	struct forward ftp_b = finished_forward(env, PLACE_TCP " " TARGET " ftp = true;"
+					       " ftp_data_ports = \"30000-30019\";");
+	assert_true(forward_same_place(&ftp_a, &ftp_b));
+	assert_true(forward_same_target(&ftp_a, &ftp_b));
+	assert_false(forward_same_rule(&ftp_a, &ftp_b));
+}
+
+static void test_same_place_is_protocol_address_and_port_range(void **state)
+{
+	struct env *env = *state;
+	const struct forward base = finished_forward(env,
+		"protocol = \"tcp\"; external_address = \"127.0.0.1\"; external_port = \"8080-8081\";"
+		" internal_ip = \"127.0.0.1\"; internal_port = \"80-81\";");
+	static const char *const other_places[] = {
+		"protocol = \"udp\"; external_address = \"127.0.0.1\"; external_port = \"8080-8081\";"
+		" internal_ip = \"127.0.0.1\"; internal_port = \"80-81\";",
+		"protocol = \"both\"; external_address = \"127.0.0.1\"; external_port = \"8080-8081\";"
+		" internal_ip = \"127.0.0.1\"; internal_port = \"80-81\";",
+		"protocol = \"tcp\"; external_address = \"127.0.0.2\"; external_port = \"8080-8081\";"
+		" internal_ip = \"127.0.0.1\"; internal_port = \"80-81\";",
+		"protocol = \"tcp\"; external_address = \"0.0.0.0\"; external_port = \"8080-8081\";"
+		" internal_ip = \"127.0.0.1\"; internal_port = \"80-81\";",
+		"protocol = \"tcp\"; external_address = \"::1\"; external_port = \"8080-8081\";"
+		" internal_ip = \"127.0.0.1\"; internal_port = \"80-81\";",
+		"protocol = \"tcp\"; external_address = \"127.0.0.1\"; external_port = 8080;"
+		" internal_ip = \"127.0.0.1\"; internal_port = 80;",
+		"protocol = \"tcp\"; external_address = \"127.0.0.1\"; external_port = \"8080-8082\";"
+		" internal_ip = \"127.0.0.1\"; internal_port = \"80-82\";",
+		"protocol = \"tcp\"; external_address = \"127.0.0.1\"; external_port = \"8081-8082\";"
+		" internal_ip = \"127.0.0.1\"; internal_port = \"80-81\";",
+	};
+
+	for (size_t i = 0; i < sizeof other_places / sizeof other_places[0]; i++) {
+		struct forward other = finished_forward(env, other_places[i]);
+		if (forward_same_place(&base, &other) || forward_same_place(&other, &base) ||
+		    forward_same_target(&base, &other) || forward_same_rule(&base, &other)) {
+			print_error("the same place as the base: %s\n", other_places[i]);
+			fail();
+		}
+	}
+
+	/* The address compares as an address: [::1] and ::1, wan_address and 0.0.0.0. */
+	struct forward v6 = finished_forward(env, "protocol = \"udp\"; external_address = \"::1\";"
+					     " external_port = 53; internal_ip = \"127.0.0.1\";");
+	struct forward v6_bracketed = finished_forward(env,
+		"protocol = \"udp\"; external_address = \"[::1]\"; external_port = 53;"
+		" internal_ip = \"127.0.0.1\";");
+	assert_true(forward_same_place(&v6, &v6_bracketed));
+	struct forward wan = finished_forward(env, "protocol = \"udp\"; external_port = 53;"
+					      " internal_ip = \"127.0.0.1\";");
+	struct forward wildcard = finished_forward(env, "protocol = \"udp\"; external_port = 53;"
+						   " external_address = \"0.0.0.0\";"
+						   " internal_ip = \"127.0.0.1\";");
+	assert_true(forward_same_place(&wan, &wildcard));
+	assert_false(forward_same_place(&wan, &v6));
+
+	/* A -L spec and a file forward with the same rule: only the origin differs. */
+	char err[1024];
+	struct config specs;
+	config_defaults(&specs);
+	assert_int_equal(config_add_spec(&specs, "udp:53:127.0.0.1:53", err, sizeof err), 0);
+	assert_int_equal(config_finish(&specs, err, sizeof err), 0);
+	assert_string_equal(specs.forwards[0].name, wan.name);
+	assert_string_not_equal(specs.forwards[0].origin, wan.origin);
+	assert_true(forward_same_rule(&specs.forwards[0], &wan));
+	config_free(&specs);
+}
+
+/* A file of two forwards, the first on line 3, and the specs after it. */
+static const char sources_file[] =
+	"drain_timeout = 4;\n"                                                       /* 1 */
+	"forwards = (\n"                                                             /* 2 */
+	"  { name = \"a\"; protocol = \"tcp\"; external_address = \"127.0.0.1\";\n"  /* 3 */
+	"    external_port = 8080; internal_ip = \"localhost\"; internal_port = 80; },\n"
+	"  { name = \"b\"; protocol = \"udp\"; external_port = 5353; internal_ip = \"::1\";\n"
+	"    internal_port = 53; enabled = false; }\n"
+	");\n";
+
+static void test_load_sources_reads_the_file_then_the_specs_and_finishes(void **state)
+{
+	struct env *env = *state;
+	const char *const specs[] = { "tcp:127.0.0.1:9090:127.0.0.1:90", "udp:6000-6001:[::1]:60-61" };
+	const struct config_sources sources = { .path = env->path, .specs = specs, .spec_count = 2 };
+	char origin[256];
+
+	write_file(env->path, sources_file);
+	assert_int_equal(config_load_sources(&env->cfg, &sources, env->err, sizeof env->err), 0);
+	assert_true(env->cfg.drain_timeout == 4.0);
+	assert_int_equal(env->cfg.forward_count, 4);
+	assert_string_equal(env->cfg.forwards[0].name, "a");
+	snprintf(origin, sizeof origin, "%s:3", env->path);
+	assert_string_equal(env->cfg.forwards[0].origin, origin);
+	assert_string_equal(env->cfg.forwards[1].name, "b");
+	assert_false(env->cfg.forwards[1].enabled);
+	assert_string_equal(env->cfg.forwards[2].origin, "-L 'tcp:127.0.0.1:9090:127.0.0.1:90'");
+	assert_string_equal(env->cfg.forwards[3].origin, "-L 'udp:6000-6001:[::1]:60-61'");
+	/* Finished: names resolved, external addresses filled in. */
+	assert_int_not_equal(env->cfg.forwards[0].internal_addr.len, 0);
+	assert_string_equal(env->cfg.forwards[1].external_host, "0.0.0.0");
+	assert_string_equal(env->cfg.forwards[3].external_host, "0.0.0.0");
+	assert_int_equal(env->cfg.forwards[3].external_port_last, 6001);
+
+	/* Read again, into a cfg that was freed: the same table. */
+	struct forward first = env->cfg.forwards[0];
+	config_free(&env->cfg);
+	assert_int_equal(config_load_sources(&env->cfg, &sources, env->err, sizeof env->err), 0);
+	assert_int_equal(env->cfg.forward_count, 4);
+	assert_true(forward_same_rule(&first, &env->cfg.forwards[0]));
+	config_free(&env->cfg);
+
+	/* No file: the specs alone, with the defaults. */
+	const struct config_sources only_specs = { .path = NULL, .specs = specs, .spec_count = 2 };
+	assert_int_equal(config_load_sources(&env->cfg, &only_specs, env->err, sizeof env->err), 0);
+	assert_int_equal(env->cfg.forward_count, 2);
+	assert_true(env->cfg.drain_timeout == 0.0);
+	config_free(&env->cfg);
+
+	/* Into a cfg never initialised (as reload_run's): config_defaults comes first. */
+	struct config raw;
+	memset(&raw, 0xa5, sizeof raw);
+	assert_int_equal(config_load_sources(&raw, &only_specs, env->err, sizeof env->err), 0);
+	assert_int_equal(raw.forward_count, 2);
+	assert_int_equal(raw.log_level, LOG_LEVEL_INFO);
+	assert_true(raw.drain_timeout == 0.0);
+	assert_string_equal(raw.wan_address, "0.0.0.0");
+	config_free(&raw);
+
+	/* Nothing at all: an empty table. */
+	const struct config_sources nothing = { .path = NULL, .specs = NULL, .spec_count = 0 };
+	assert_int_equal(config_load_sources(&env->cfg, &nothing, env->err, sizeof env->err), 0);
+	assert_int_equal(env->cfg.forward_count, 0);
+}
+
+/* A failed load leaves cfg as config_defaults does, whichever source failed. */
+static void assert_freed_defaults(const struct config *cfg)
+{
+	assert_null(cfg->forwards);
+	assert_int_equal(cfg->forward_count, 0);
+	assert_int_equal(cfg->log_level, LOG_LEVEL_INFO);
+	assert_true(cfg->drain_timeout == 0.0);
+	assert_string_equal(cfg->wan_address, "0.0.0.0");
+}
+
+static void test_load_sources_error_names_file_and_line_and_frees(void **state)
+{
+	struct env *env = *state;
+	const char *const specs[] = { "tcp:127.0.0.1:9090:127.0.0.1:90" };
+	const struct config_sources sources = { .path = env->path, .specs = specs, .spec_count = 1 };
+
+	/* The file: its line, after settings and a forward were already read. */
+	write_file(env->path,
+		   "log_level = \"debug\";\n"                                       /* 1 */
+		   "drain_timeout = 3;\n"                                           /* 2 */
+		   "forwards = (\n"                                                 /* 3 */
+		   "  { protocol = \"tcp\"; external_port = 1; internal_ip = \"h\"; },\n"
+		   "  { protocol = \"tcp\"; external_port = 70000; internal_ip = \"h\"; }\n"
+		   ");\n");
+	assert_int_equal(config_load_sources(&env->cfg, &sources, env->err, sizeof env->err), -1);
+	assert_error_at(env, 5, "external_port 70000 is outside 1-65535");
+	assert_freed_defaults(&env->cfg);
+
+	/* A syntax error. */
+	write_file(env->path, "wan_address = \"127.0.0.1\";\n\nforwards = (\n  { name = ; }\n);\n");
+	assert_int_equal(config_load_sources(&env->cfg, &sources, env->err, sizeof env->err), -1);
+	assert_error_at(env, 4, "");
+	assert_freed_defaults(&env->cfg);
+
+	/* A bad spec, after a good file. */
+	write_file(env->path, sources_file);
+	const char *const bad_specs[] = { "tcp:127.0.0.1:9090:127.0.0.1:90", "tcp:99999:h:1" };
+	const struct config_sources bad = { .path = env->path, .specs = bad_specs, .spec_count = 2 };
+	assert_int_equal(config_load_sources(&env->cfg, &bad, env->err, sizeof env->err), -1);
+	assert_true(strncmp(env->err, "-L 'tcp:99999:h:1': ", 20) == 0);
+	assert_freed_defaults(&env->cfg);
+
+	/* config_finish: a spec that overlaps the file's forward, named at the file's line. */
+	const char *const overlapping[] = { "tcp:127.0.0.1:8080:127.0.0.1:90" };
+	const struct config_sources clash = { .path = env->path, .specs = overlapping,
+					      .spec_count = 1 };
+	assert_int_equal(config_load_sources(&env->cfg, &clash, env->err, sizeof env->err), -1);
+	assert_non_null(strstr(env->err, "overlaps"));
+	assert_non_null(strstr(env->err, "tcp port 8080 on 127.0.0.1"));
+	assert_freed_defaults(&env->cfg);
+
+	/* A file that is not there. */
+	unlink(env->path);
+	assert_int_equal(config_load_sources(&env->cfg, &sources, env->err, sizeof env->err), -1);
+	char expected[512];
+	snprintf(expected, sizeof expected, "%s: cannot read: No such file or directory", env->path);
+	assert_string_equal(env->err, expected);
+	assert_freed_defaults(&env->cfg);
+}
+
 #define TEST(name) cmocka_unit_test_setup_teardown(name, env_setup, env_teardown)
 
 int main(void)
@@ -1109,6 +1413,7 @@ int main(void)
 		TEST(test_udp_idle_timeout_per_forward_overrides_the_global),
 		TEST(test_workers_splice_and_busy_poll_are_read_and_checked),
 		TEST(test_shutdown_timeout_is_read_and_checked),
+		TEST(test_drain_timeout_is_read_and_checked),
 		TEST(test_admin_is_off_by_default_and_read_when_given),
 		TEST(test_empty_file_and_empty_lists_have_no_forwards),
 		TEST(test_host_name_is_resolved_and_shown),
@@ -1145,6 +1450,10 @@ int main(void)
 		TEST(test_ftp_errors_name_their_line),
 		TEST(test_ftp_data_ports_may_not_overlap_a_forward),
 		TEST(test_control_characters_in_values_come_escaped_in_one_line),
+		TEST(test_same_rule_needs_every_field_but_the_origin),
+		TEST(test_same_place_is_protocol_address_and_port_range),
+		TEST(test_load_sources_reads_the_file_then_the_specs_and_finishes),
+		TEST(test_load_sources_error_names_file_and_line_and_frees),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
