@@ -10,7 +10,10 @@
  */
 #include "portrelay/config.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
+#include <ifaddrs.h>
+#include <net/if.h>
 #include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -235,12 +238,67 @@ int config_copy_unbracketed(const char *text, char *out, size_t out_len)
 	return 0;
 }
 
+/*
+ * "fe80::1%eth0": an IPv6 address and a scope (an interface name or index),
+ * as getaddrinfo and the file's internal_ip accept it. Only the form is
+ * checked here; config_parse_address finds the interface.
+ */
+static bool config_scoped_ipv6(const char *text)
+{
+	const char *percent = strchr(text, '%');
+	char ip[INET6_ADDRSTRLEN];
+	struct in6_addr addr;
+	size_t ip_len;
+
+	if (percent == NULL || percent[1] == '\0' || strlen(percent + 1) >= IF_NAMESIZE)
+		return false;
+	ip_len = (size_t)(percent - text);
+	if (ip_len >= sizeof ip)
+		return false;
+	for (const char *p = percent + 1; *p != '\0'; p++) {
+		if (isspace((unsigned char)*p) || iscntrl((unsigned char)*p) || *p == '%' ||
+		    *p == '/')
+			return false;
+	}
+	memcpy(ip, text, ip_len);
+	ip[ip_len] = '\0';
+	return inet_pton(AF_INET6, ip, &addr) == 1;
+}
+
 bool config_numeric_address(const char *text, char *out, size_t out_len)
 {
 	struct net_addr addr;
 
 	return config_copy_unbracketed(text, out, out_len) == 0 &&
-	       net_addr_parse_ip(out, 0, &addr) == 0;
+	       (net_addr_parse_ip(out, 0, &addr) == 0 || config_scoped_ipv6(out));
+}
+
+int config_parse_address(const char *bare, struct net_addr *addr, char *why, size_t why_len)
+{
+	const char *percent = strchr(bare, '%');
+	char ip[INET6_ADDRSTRLEN];
+	unsigned scope;
+
+	if (net_addr_parse_ip(bare, 0, addr) == 0)
+		return 0;
+	if (!config_scoped_ipv6(bare))
+		return config_reason(why, why_len, "\"%s\" is not a numeric IPv4 or IPv6 address",
+				     bare);
+	memcpy(ip, bare, (size_t)(percent - bare));
+	ip[percent - bare] = '\0';
+	net_addr_parse_ip(ip, 0, addr);
+	scope = if_nametoindex(percent + 1);
+	if (scope == 0) {
+		char *end = NULL;
+		unsigned long index = strtoul(percent + 1, &end, 10);
+		if (!isdigit((unsigned char)percent[1]) || *end != '\0' || index == 0 ||
+		    index > UINT32_MAX)
+			return config_reason(why, why_len, "\"%s\": no network interface \"%s\"",
+					     bare, percent + 1);
+		scope = (unsigned)index;
+	}
+	((struct sockaddr_in6 *)&addr->ss)->sin6_scope_id = scope;
+	return 0;
 }
 
 const char *config_host_problem(const char *host)
@@ -276,7 +334,10 @@ void config_defaults(struct config *cfg)
 	cfg->tcp_connect_timeout = 10.0;
 	cfg->tcp_idle_timeout = 0.0;
 	cfg->udp_idle_timeout = 60.0;
-	cfg->udp_max_flows = 65536;
+	cfg->udp_unreplied_timeout = 30.0;
+	cfg->udp_max_flows = 0;         /* automatic */
+	cfg->max_connections = 0;       /* automatic */
+	cfg->tcp_keepalive = 60;
 	cfg->tcp_splice = true;
 	cfg->workers = 0;
 	cfg->busy_poll_us = 0;
@@ -318,6 +379,8 @@ void config_forward_defaults(struct forward *fwd)
 {
 	memset(fwd, 0, sizeof *fwd);
 	fwd->enabled = true;
+	fwd->max_connections_per_source = CONFIG_DEFAULT_MAX_CONNECTIONS_PER_SOURCE;
+	fwd->max_flows_per_source = CONFIG_DEFAULT_MAX_FLOWS_PER_SOURCE;
 }
 
 /* ---- config_finish ----------------------------------------------------- */
@@ -336,7 +399,9 @@ static int config_finish_forward(const struct config *cfg, struct forward *fwd, 
 		return config_fail(err, err_len, fwd->origin, label,
 				   "external address \"%s\" is not a numeric IPv4 or IPv6 address",
 				   fwd->external_host);
-	net_addr_parse_ip(bare, 0, &fwd->external_addr);
+	if (config_parse_address(bare, &fwd->external_addr, reason, sizeof reason) < 0)
+		return config_fail(err, err_len, fwd->origin, label, "external address %s",
+				   reason);
 	if (fwd->udp_idle_timeout == 0)
 		fwd->udp_idle_timeout = cfg->udp_idle_timeout;
 	if (fwd->ftp && fwd->ftp_data_port_first == 0) {
@@ -489,6 +554,222 @@ static int config_check_ftp_data_ports(const struct config *cfg, char *err, size
 	return 0;
 }
 
+/* ---- loops: a target that is one of the relay's own listeners ------------ */
+
+static void config_describe_ip(const char *ip, char *buf, size_t len);
+
+/*
+ * The host's own addresses, from getifaddrs, read once and only when a
+ * target could be a listener. count is -1 until read; a host whose
+ * addresses cannot be read has none beyond loopback.
+ */
+struct config_local_addrs {
+	struct net_addr *addrs;
+	long count;
+};
+
+static void config_local_addrs_read(struct config_local_addrs *local)
+{
+	struct ifaddrs *list = NULL;
+	size_t capacity = 0;
+
+	local->count = 0;
+	if (getifaddrs(&list) < 0)
+		return;
+	for (struct ifaddrs *ifa = list; ifa != NULL; ifa = ifa->ifa_next)
+		capacity++;
+	local->addrs = calloc(capacity + 1, sizeof *local->addrs);
+	for (struct ifaddrs *ifa = list; ifa != NULL && local->addrs != NULL;
+	     ifa = ifa->ifa_next) {
+		if (ifa->ifa_addr == NULL)
+			continue;
+		if (ifa->ifa_addr->sa_family == AF_INET)
+			net_addr_set(&local->addrs[local->count++], ifa->ifa_addr,
+				     sizeof(struct sockaddr_in));
+		else if (ifa->ifa_addr->sa_family == AF_INET6)
+			net_addr_set(&local->addrs[local->count++], ifa->ifa_addr,
+				     sizeof(struct sockaddr_in6));
+	}
+	freeifaddrs(list);
+}
+
+/*
+ * The address a connection to ip reaches: a mapped address is IPv4, and
+ * connecting to a wildcard address reaches the host itself (Linux takes
+ * 0.0.0.0 as 127.0.0.1 and :: as ::1).
+ */
+static struct net_addr config_reached_address(const struct net_addr *ip)
+{
+	struct net_addr reached = *ip;
+
+	net_addr_unmap(&reached);
+	if (net_addr_is_wildcard(&reached))
+		net_addr_parse_ip(net_addr_family(&reached) == AF_INET ? "127.0.0.1" : "::1", 0,
+				  &reached);
+	return reached;
+}
+
+/* Whether ip (as config_reached_address gives it) is an address of this host. */
+static bool config_is_local(const struct net_addr *ip, struct config_local_addrs *local)
+{
+	if (net_addr_family(ip) == AF_INET) {
+		const struct sockaddr_in *v4 = (const struct sockaddr_in *)&ip->ss;
+		if ((ntohl(v4->sin_addr.s_addr) >> 24) == 127)
+			return true;   /* all of 127.0.0.0/8 is the host's own */
+	} else if (IN6_IS_ADDR_LOOPBACK(&((const struct sockaddr_in6 *)&ip->ss)->sin6_addr)) {
+		return true;
+	}
+	if (local->count < 0)
+		config_local_addrs_read(local);
+	for (long i = 0; i < local->count; i++) {
+		if (net_addr_same_ip(&local->addrs[i], ip))
+			return true;
+	}
+	return false;
+}
+
+/*
+ * Whether a connection to target (reached address) arrives at a listener
+ * bound to listen_ip: the same address, or a wildcard that takes every
+ * local address of its family ("::", bound dual-stack, takes IPv4 too).
+ */
+static bool config_listener_takes(const struct net_addr *listen_ip,
+				  const struct net_addr *target, struct config_local_addrs *local)
+{
+	struct net_addr bound = *listen_ip;
+
+	net_addr_unmap(&bound);
+	if (config_is_dual_stack_any(&bound))
+		return config_is_local(target, local);
+	if (net_addr_is_wildcard(&bound))
+		return net_addr_family(target) == AF_INET && config_is_local(target, local);
+	return net_addr_same_ip(&bound, target);
+}
+
+/* The enabled forwards by first external port, and the highest last port up to each. */
+struct config_listeners {
+	const struct forward **by_port;
+	uint16_t *max_last;
+	size_t count;
+};
+
+static int config_listener_compare(const void *left, const void *right)
+{
+	const struct forward *a = *(const struct forward *const *)left;
+	const struct forward *b = *(const struct forward *const *)right;
+
+	if (a->external_port_first != b->external_port_first)
+		return a->external_port_first < b->external_port_first ? -1 : 1;
+	return (a > b) - (a < b);
+}
+
+static int config_loop_fail(const struct forward *fwd, const struct forward *listener,
+			    enum forward_proto proto, const struct net_addr *target, uint16_t port,
+			    char *err, size_t err_len)
+{
+	char label[CONFIG_LABEL_MAX], ip[NET_ADDR_STRLEN], where[NET_ADDR_STRLEN + 8];
+	char whose[CONFIG_NAME_MAX + CONFIG_ORIGIN_MAX + 32];
+
+	config_forward_label(fwd, label, sizeof label);
+	net_addr_format_ip(target, ip, sizeof ip);
+	config_describe_ip(ip, where, sizeof where);
+	if (listener == fwd)
+		snprintf(whose, sizeof whose, "its own listener");
+	else
+		snprintf(whose, sizeof whose, "the listener of forward \"%s\" (%s)", listener->name,
+			 listener->origin);
+	return config_fail(err, err_len, fwd->origin, label,
+			   "its %s target %s:%u is %s: it would loop through the relay",
+			   forward_proto_name(proto), where, port, whose);
+}
+
+/*
+ * fwd's target against every listener whose ports meet it: a listener that
+ * takes the target's address is a loop (an error); one on another address
+ * of this host, while the target is local too, is only worth a warning.
+ */
+static int config_check_target(const struct forward *fwd, const struct config_listeners *set,
+			       struct config_local_addrs *local, char *err, size_t err_len)
+{
+	uint16_t first = fwd->internal_port_first, last = fwd->internal_port_last;
+	struct net_addr target = config_reached_address(&fwd->internal_addr);
+	const struct forward *warned = NULL;
+	size_t end = 0;
+
+	/* The listeners starting at or before `last`; from the top, while any can reach `first`. */
+	while (end < set->count && set->by_port[end]->external_port_first <= last)
+		end++;
+	for (size_t i = end; i-- > 0 && set->max_last[i] >= first;) {
+		const struct forward *listener = set->by_port[i];
+		enum forward_proto shared = (enum forward_proto)(listener->proto & fwd->proto);
+		if (listener->external_port_last < first || shared == 0)
+			continue;
+		uint16_t port = listener->external_port_first > first ?
+			listener->external_port_first : first;
+		if (config_listener_takes(&listener->external_addr, &target, local))
+			return config_loop_fail(fwd, listener,
+						shared & FORWARD_TCP ? FORWARD_TCP : FORWARD_UDP,
+						&target, port, err, err_len);
+		if (warned == NULL && config_is_local(&target, local))
+			warned = listener;
+	}
+	if (warned != NULL) {
+		char ip[NET_ADDR_STRLEN], where[NET_ADDR_STRLEN + 8], listen_ip[NET_ADDR_STRLEN];
+		char whose[CONFIG_NAME_MAX + 32], ports[CONFIG_PORT_TEXT_MAX];
+		if (warned == fwd)
+			snprintf(whose, sizeof whose, "this forward");
+		else
+			snprintf(whose, sizeof whose, "forward \"%s\"", warned->name);
+		config_describe_ip(net_addr_format_ip(&target, ip, sizeof ip), where, sizeof where);
+		log_warn(fwd->name, "its target %s:%s is an address of this host, and %s listens "
+			 "on that port (on %s, %s): not a loop, but check that the target is right",
+			 where, config_ports_format(first, last, ports, sizeof ports), whose,
+			 net_addr_format_ip(&warned->external_addr, listen_ip, sizeof listen_ip),
+			 warned->origin);
+	}
+	return 0;
+}
+
+/*
+ * A forward whose target is one of the relay's own listeners (its own or
+ * another forward's, through a wildcard bind or a local address, over
+ * ranges and `both`) would relay each connection or datagram back into
+ * the relay, each hop taking more descriptors (or flows) until none is
+ * left: a configuration error. A sweep over the listeners sorted by port
+ * keeps the check near O(n log n).
+ */
+static int config_check_loops(const struct config *cfg, char *err, size_t err_len)
+{
+	struct config_listeners set = { 0 };
+	struct config_local_addrs local = { .addrs = NULL, .count = -1 };
+	int rc = 0;
+
+	set.by_port = calloc(cfg->forward_count + 1, sizeof *set.by_port);
+	set.max_last = calloc(cfg->forward_count + 1, sizeof *set.max_last);
+	if (set.by_port == NULL || set.max_last == NULL) {
+		rc = config_fail(err, err_len, "config", "", "out of memory");
+		goto out;
+	}
+	for (size_t i = 0; i < cfg->forward_count; i++) {
+		if (cfg->forwards[i].enabled)
+			set.by_port[set.count++] = &cfg->forwards[i];
+	}
+	qsort(set.by_port, set.count, sizeof *set.by_port, config_listener_compare);
+	for (size_t i = 0; i < set.count; i++) {
+		uint16_t last = set.by_port[i]->external_port_last;
+		set.max_last[i] = i > 0 && set.max_last[i - 1] > last ? set.max_last[i - 1] : last;
+	}
+	for (size_t i = 0; i < cfg->forward_count && rc == 0; i++) {
+		if (cfg->forwards[i].enabled)
+			rc = config_check_target(&cfg->forwards[i], &set, &local, err, err_len);
+	}
+out:
+	free(set.by_port);
+	free(set.max_last);
+	free(local.addrs);
+	return rc;
+}
+
 int config_finish(struct config *cfg, char *err, size_t err_len)
 {
 	for (size_t i = 0; i < cfg->forward_count; i++) {
@@ -497,7 +778,9 @@ int config_finish(struct config *cfg, char *err, size_t err_len)
 	}
 	if (config_check_overlaps(cfg, err, err_len) < 0)
 		return -1;
-	return config_check_ftp_data_ports(cfg, err, err_len);
+	if (config_check_ftp_data_ports(cfg, err, err_len) < 0)
+		return -1;
+	return config_check_loops(cfg, err, err_len);
 }
 
 int config_load_sources(struct config *cfg, const struct config_sources *sources, char *err,
@@ -538,7 +821,11 @@ bool forward_same_rule(const struct forward *a, const struct forward *b)
 	       a->enabled == b->enabled && strcmp(a->internal_host, b->internal_host) == 0 &&
 	       a->udp_idle_timeout == b->udp_idle_timeout &&
 	       a->ftp_data_port_first == b->ftp_data_port_first &&
-	       a->ftp_data_port_last == b->ftp_data_port_last;
+	       a->ftp_data_port_last == b->ftp_data_port_last &&
+	       a->max_connections == b->max_connections &&
+	       a->max_connections_per_source == b->max_connections_per_source &&
+	       a->max_flows_per_source == b->max_flows_per_source &&
+	       a->freebind == b->freebind && acl_equal(&a->acl, &b->acl);
 }
 
 /* ---- describing forwards ----------------------------------------------- */

@@ -11,8 +11,10 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <math.h>
 #include <netinet/in.h>
+#include <pwd.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,7 +25,7 @@
 #include "config_internal.h"
 
 /* A flow costs a socket and some memory; beyond this a typo is likelier than intent. */
-#define CONFIG_MAX_FLOWS_LIMIT 16777216LL
+#define CONFIG_MAX_FLOWS_LIMIT ((long long)CONFIG_COUNT_LIMIT)
 /* Keeps seconds -> struct timeval conversion far from time_t overflow. */
 #define CONFIG_TIMEOUT_LIMIT 1e9
 
@@ -47,6 +49,8 @@ static const char *config_name_problem(const char *name)
 
 struct config_file {
 	const char *path;
+	const config_setting_t *user;   /* the user setting, once read */
+	bool user_gid_known;            /* the user has an entry, so a primary group */
 	char label[CONFIG_LABEL_MAX];   /* "forward \"ftp\": " while inside a forward */
 	char *err;
 	size_t err_len;
@@ -165,6 +169,134 @@ static bool config_file_integer_in(const config_setting_t *setting, long long mi
 	return *value >= min && *value <= max;
 }
 
+/*
+ * A count limit: an integer from 0 to CONFIG_COUNT_LIMIT. zero_means says
+ * what 0 is ("automatic", "no limit") for the message.
+ */
+static int config_file_count(struct config_file *file, const config_setting_t *setting,
+			     const char *key, const char *zero_means, unsigned *value)
+{
+	long long number;
+	if (!config_file_integer_in(setting, 0, CONFIG_COUNT_LIMIT, &number))
+		return config_file_fail(file, setting, "%s must be an integer from 0 (%s) to %u",
+					key, zero_means, CONFIG_COUNT_LIMIT);
+	*value = (unsigned)number;
+	return 0;
+}
+
+static int config_file_max_connections(struct config *cfg, struct config_file *file,
+				       const config_setting_t *setting)
+{
+	return config_file_count(file, setting, "max_connections", "automatic",
+				 &cfg->max_connections);
+}
+
+/*
+ * Whole seconds from 0 to max: an integer, or a number without a fraction
+ * (60.0), as the kernel takes keepalive times in seconds.
+ */
+static int config_file_whole_seconds(struct config_file *file, const config_setting_t *setting,
+				     const char *key, const char *zero_means, unsigned max,
+				     unsigned *value)
+{
+	double number = -1;
+
+	if (config_setting_is_integer(setting))
+		number = (double)config_setting_get_int64(setting);
+	else if (config_setting_type(setting) == CONFIG_TYPE_FLOAT)
+		number = config_setting_get_float(setting);
+	if (!(number >= 0 && number <= max && number == floor(number)))
+		return config_file_fail(file, setting,
+					"%s must be a whole number of seconds from 0 (%s) to %u",
+					key, zero_means, max);
+	*value = (unsigned)number;
+	return 0;
+}
+
+/* ---- user and group -------------------------------------------------------- */
+
+/* Digits only: a numeric id; -1 otherwise (or past 2^31 - 2, which no system hands out). */
+static long long config_numeric_id(const char *text)
+{
+	long long value = 0;
+	if (text[0] == '\0')
+		return -1;
+	for (const char *p = text; *p != '\0'; p++) {
+		if (*p < '0' || *p > '9' || value > 2147483646LL / 10)
+			return -1;
+		value = value * 10 + (*p - '0');
+	}
+	return value <= 2147483646LL ? value : -1;
+}
+
+/* A user or group name or id as a string (or an integer id): its text in out. */
+static int config_file_account_text(struct config_file *file, const config_setting_t *setting,
+				    const char *key, char *out, size_t out_len)
+{
+	const char *text = config_file_string(setting);
+	const char *problem;
+
+	if (config_setting_is_integer(setting)) {
+		long long id = config_setting_get_int64(setting);
+		if (id < 0 || id > 2147483646LL)
+			return config_file_fail(file, setting, "%s %lld is not a valid id", key, id);
+		snprintf(out, out_len, "%lld", id);
+		return 0;
+	}
+	if (text == NULL)
+		return config_file_fail(file, setting, "%s must be a string: a name or a numeric id",
+					key);
+	problem = config_name_problem(text);
+	if (problem != NULL)
+		return config_file_fail(file, setting, "%s %s", key, problem);
+	snprintf(out, out_len, "%s", text);
+	return 0;
+}
+
+/*
+ * user: a name from the user database, or a numeric id. The user's primary
+ * group is kept in run_gid for when no group is given (a numeric id with no
+ * entry has none: then group is required, checked once the file is read).
+ */
+static int config_file_user(struct config *cfg, struct config_file *file,
+			    const config_setting_t *setting)
+{
+	struct passwd *pw;
+	long long id;
+
+	if (config_file_account_text(file, setting, "user", cfg->user, sizeof cfg->user) < 0)
+		return -1;
+	id = config_numeric_id(cfg->user);
+	pw = id >= 0 ? getpwuid((uid_t)id) : getpwnam(cfg->user);
+	if (pw == NULL && id < 0)
+		return config_file_fail(file, setting, "user \"%s\" does not exist", cfg->user);
+	cfg->has_user = true;
+	cfg->run_uid = pw != NULL ? pw->pw_uid : (uid_t)id;
+	file->user_gid_known = pw != NULL;
+	file->user = setting;
+	if (pw != NULL && !cfg->has_group)
+		cfg->run_gid = pw->pw_gid;
+	return 0;
+}
+
+/* group: a name from the group database, or a numeric id. */
+static int config_file_group(struct config *cfg, struct config_file *file,
+			     const config_setting_t *setting)
+{
+	struct group *gr;
+	long long id;
+
+	if (config_file_account_text(file, setting, "group", cfg->group, sizeof cfg->group) < 0)
+		return -1;
+	id = config_numeric_id(cfg->group);
+	gr = id >= 0 ? getgrgid((gid_t)id) : getgrnam(cfg->group);
+	if (gr == NULL && id < 0)
+		return config_file_fail(file, setting, "group \"%s\" does not exist", cfg->group);
+	cfg->has_group = true;
+	cfg->run_gid = gr != NULL ? gr->gr_gid : (gid_t)id;
+	return 0;
+}
+
 static int config_file_workers(struct config *cfg, struct config_file *file,
 			       const config_setting_t *setting)
 {
@@ -220,6 +352,9 @@ static int config_file_tcp(struct config *cfg, struct config_file *file,
 						 &cfg->tcp_idle_timeout);
 		else if (strcmp(name, "splice") == 0)
 			rc = config_file_bool(file, setting, "tcp.splice", &cfg->tcp_splice);
+		else if (strcmp(name, "keepalive") == 0)
+			rc = config_file_whole_seconds(file, setting, "tcp.keepalive", "off",
+						       CONFIG_KEEPALIVE_LIMIT, &cfg->tcp_keepalive);
 		else
 			rc = config_file_fail(file, setting, "unknown field \"tcp.%s\"", name);
 		if (rc < 0)
@@ -232,9 +367,9 @@ static int config_file_max_flows(struct config *cfg, struct config_file *file,
 				 const config_setting_t *setting)
 {
 	long long value;
-	if (!config_file_integer_in(setting, 1, CONFIG_MAX_FLOWS_LIMIT, &value))
+	if (!config_file_integer_in(setting, 0, CONFIG_MAX_FLOWS_LIMIT, &value))
 		return config_file_fail(file, setting,
-					"udp.max_flows must be an integer from 1 to %lld",
+					"udp.max_flows must be an integer from 0 (automatic) to %lld",
 					CONFIG_MAX_FLOWS_LIMIT);
 	cfg->udp_max_flows = (unsigned)value;
 	return 0;
@@ -255,6 +390,9 @@ static int config_file_udp(struct config *cfg, struct config_file *file,
 						 &cfg->udp_idle_timeout);
 		else if (strcmp(name, "max_flows") == 0)
 			rc = config_file_max_flows(cfg, file, setting);
+		else if (strcmp(name, "unreplied_timeout") == 0)
+			rc = config_file_timeout(file, setting, "udp.unreplied_timeout", false,
+						 &cfg->udp_unreplied_timeout);
 		else
 			rc = config_file_fail(file, setting, "unknown field \"udp.%s\"", name);
 		if (rc < 0)
@@ -445,6 +583,90 @@ static int config_forward_ftp_data_ports(struct config_file *file,
 	return 0;
 }
 
+static int config_forward_max_connections(struct config_file *file,
+					  const config_setting_t *setting, struct forward *fwd,
+					  struct config_forward_fields *fields)
+{
+	(void)fields;
+	return config_file_count(file, setting, "max_connections", "no limit of its own",
+				 &fwd->max_connections);
+}
+
+static int config_forward_max_connections_per_source(struct config_file *file,
+						     const config_setting_t *setting,
+						     struct forward *fwd,
+						     struct config_forward_fields *fields)
+{
+	(void)fields;
+	return config_file_count(file, setting, "max_connections_per_source", "no limit",
+				 &fwd->max_connections_per_source);
+}
+
+static int config_forward_max_flows_per_source(struct config_file *file,
+					       const config_setting_t *setting,
+					       struct forward *fwd,
+					       struct config_forward_fields *fields)
+{
+	(void)fields;
+	return config_file_count(file, setting, "max_flows_per_source", "no limit",
+				 &fwd->max_flows_per_source);
+}
+
+static int config_forward_freebind(struct config_file *file, const config_setting_t *setting,
+				   struct forward *fwd, struct config_forward_fields *fields)
+{
+	(void)fields;
+	return config_file_bool(file, setting, "freebind", &fwd->freebind);
+}
+
+/*
+ * allow / deny: a list or array of CIDR strings, appended to the forward's
+ * rules in the order the file has them (libconfig keeps a group's order),
+ * so that whichever list comes first is checked first.
+ */
+static int config_forward_acl(struct config_file *file, const config_setting_t *setting,
+			      struct forward *fwd, bool allow)
+{
+	const char *key = allow ? "allow" : "deny";
+
+	if (!config_setting_is_list(setting) && !config_setting_is_array(setting))
+		return config_file_fail(file, setting,
+					"%s must be a list of networks: [\"192.168.0.0/16\", "
+					"\"2001:db8::/32\"]", key);
+	for (int i = 0; i < config_setting_length(setting); i++) {
+		const config_setting_t *elem = config_setting_get_elem(setting, (unsigned)i);
+		const char *text = config_file_string(elem);
+		char why[CONFIG_REASON_MAX];
+		struct acl_entry entry;
+
+		if (text == NULL)
+			return config_file_fail(file, elem,
+						"%s entry #%d must be a string: a network such as "
+						"\"192.168.0.0/16\"", key, i + 1);
+		if (acl_entry_parse(text, allow, &entry, why, sizeof why) < 0)
+			return config_file_fail(file, elem, "%s entry %s", key, why);
+		if (acl_append(&fwd->acl, &entry) < 0)
+			return config_file_fail(file, elem,
+						"allow and deny hold at most %d entries together",
+						ACL_MAX_ENTRIES);
+	}
+	return 0;
+}
+
+static int config_forward_allow(struct config_file *file, const config_setting_t *setting,
+				struct forward *fwd, struct config_forward_fields *fields)
+{
+	(void)fields;
+	return config_forward_acl(file, setting, fwd, true);
+}
+
+static int config_forward_deny(struct config_file *file, const config_setting_t *setting,
+			       struct forward *fwd, struct config_forward_fields *fields)
+{
+	(void)fields;
+	return config_forward_acl(file, setting, fwd, false);
+}
+
 static const struct {
 	const char *name;
 	config_forward_field_fn parse;
@@ -459,6 +681,12 @@ static const struct {
 	{ "udp_idle_timeout", config_forward_udp_idle_timeout },
 	{ "ftp", config_forward_ftp },
 	{ "ftp_data_ports", config_forward_ftp_data_ports },
+	{ "max_connections", config_forward_max_connections },
+	{ "max_connections_per_source", config_forward_max_connections_per_source },
+	{ "max_flows_per_source", config_forward_max_flows_per_source },
+	{ "allow", config_forward_allow },
+	{ "deny", config_forward_deny },
+	{ "freebind", config_forward_freebind },
 };
 
 static config_forward_field_fn config_forward_field_lookup(const char *name)
@@ -698,6 +926,9 @@ static const struct {
 	{ "busy_poll", config_file_busy_poll },
 	{ "shutdown_timeout", config_file_shutdown_timeout },
 	{ "drain_timeout", config_file_drain_timeout },
+	{ "max_connections", config_file_max_connections },
+	{ "user", config_file_user },
+	{ "group", config_file_group },
 	{ "tcp", config_file_tcp },
 	{ "udp", config_file_udp },
 	{ "ftp", config_file_ftp },
@@ -725,30 +956,61 @@ static int config_file_root(struct config *cfg, struct config_file *file,
 		if (config_file_global(cfg, file, config_setting_get_elem(root, (unsigned)i)) < 0)
 			return -1;
 	}
+	/* A numeric user with no entry has no primary group to fall back on. */
+	if (file->user != NULL && !file->user_gid_known && !cfg->has_group)
+		return config_file_fail(file, file->user,
+					"user %s has no entry in the user database, so no primary "
+					"group: set group too", cfg->user);
 	return 0;
 }
 
 /*
- * libconfig reports an unreadable file only as "file I/O error"; opening it
- * first gives the reason (and catches a directory, which opens fine).
+ * Opens the file for libconfig, which would otherwise report an unreadable
+ * file only as "file I/O error". Only a regular file is read: a FIFO would
+ * block the start (or a reload) until a writer comes, and /dev/zero or a
+ * terminal would be read without end. The check and the read use the same
+ * descriptor, opened without blocking (a FIFO opens at once), so what is
+ * read is what was checked.
  */
-static int config_file_check_readable(const char *path, char *err, size_t err_len)
+static FILE *config_file_open(const char *path, char *err, size_t err_len)
 {
 	struct stat st;
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	int error = 0;
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+	int flags;
+	FILE *stream;
 
-	if (fd < 0)
-		error = errno;
-	else if (fstat(fd, &st) < 0)
-		error = errno;
-	else if (S_ISDIR(st.st_mode))
-		error = EISDIR;
-	if (fd >= 0)
-		close(fd);
-	if (error != 0)
-		return config_fail(err, err_len, path, "", "cannot read: %s", strerror(error));
-	return 0;
+	if (fd < 0) {
+		config_fail(err, err_len, path, "", "cannot read: %s", strerror(errno));
+		return NULL;
+	}
+	if (fstat(fd, &st) < 0) {
+		config_fail(err, err_len, path, "", "cannot read: %s", strerror(errno));
+		goto fail;
+	}
+	if (S_ISDIR(st.st_mode)) {
+		config_fail(err, err_len, path, "", "cannot read: %s", strerror(EISDIR));
+		goto fail;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		config_fail(err, err_len, path, "", "cannot read: is not a regular file (%s)",
+			    S_ISFIFO(st.st_mode) ? "a FIFO" : S_ISCHR(st.st_mode) ? "a device" :
+			    S_ISSOCK(st.st_mode) ? "a socket" : "a special file");
+		goto fail;
+	}
+	flags = fcntl(fd, F_GETFL);
+	if (flags < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) < 0) {
+		config_fail(err, err_len, path, "", "cannot read: %s", strerror(errno));
+		goto fail;
+	}
+	stream = fdopen(fd, "r");
+	if (stream == NULL) {
+		config_fail(err, err_len, path, "", "cannot read: %s", strerror(errno));
+		goto fail;
+	}
+	return stream;
+fail:
+	close(fd);
+	return NULL;
 }
 
 static int config_file_read_error(const config_t *lc, const char *path, char *err,
@@ -772,13 +1034,20 @@ int config_load_file(struct config *cfg, const char *path, char *err, size_t err
 	config_t lc;
 	int rc;
 
-	if (config_file_check_readable(path, err, err_len) < 0)
+	FILE *stream = config_file_open(path, err, err_len);
+
+	if (stream == NULL)
 		return -1;
 	config_init(&lc);
-	if (config_read_file(&lc, path) != CONFIG_TRUE)
+	/*
+	 * config_read gives libconfig no file name: settings of this file have
+	 * none (config_file_where names path), those of an @include their own.
+	 */
+	if (config_read(&lc, stream) != CONFIG_TRUE)
 		rc = config_file_read_error(&lc, path, err, err_len);
 	else
 		rc = config_file_root(cfg, &file, config_root_setting(&lc));
+	fclose(stream);
 	/* Every string was copied out; nothing points into lc any more. */
 	config_destroy(&lc);
 	if (rc < 0)

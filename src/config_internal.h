@@ -83,8 +83,18 @@ int config_proto_parse(const char *text, enum forward_proto *proto);
  */
 int config_copy_unbracketed(const char *text, char *out, size_t out_len);
 
-/* True for a numeric IPv4 or IPv6 address, brackets allowed; the bare text goes to out. */
+/*
+ * True for a numeric IPv4 or IPv6 address, brackets allowed, and for an
+ * IPv6 address with a scope ("fe80::1%eth0"); the bare text goes to out.
+ */
 bool config_numeric_address(const char *text, char *out, size_t out_len);
+
+/*
+ * The address config_numeric_address accepted (bare), with the scope's
+ * interface looked up (if_nametoindex; a number is taken as an index).
+ * -1 with why ("\"fe80::1%nosuch\": no network interface \"nosuch\"").
+ */
+int config_parse_address(const char *bare, struct net_addr *addr, char *why, size_t why_len);
 
 /* Why a host name or address cannot be right, or NULL. */
 const char *config_host_problem(const char *host);

@@ -1,6 +1,8 @@
 /*
  * config_spec.c - config_add_spec: parses one -L SPEC,
  * PROTO:[EXT_ADDR:]EXT_PORT:INT_HOST:INT_PORT, and appends the forward.
+ * IPv6 addresses are written in brackets, with a scope if they need one:
+ * "udp:[::1]:5353:[fe80::1%eth0]:53".
  * Checks what the spec alone can tell; config_finish (config.c) does the
  * rest.
  */
@@ -112,12 +114,13 @@ static int config_spec_ports(const struct config_spec_field *field, const char *
 static int config_spec_external_address(const struct config_spec_field *field,
 					struct forward *fwd, char *why, size_t why_len)
 {
-	struct net_addr addr;
+	char bare[CONFIG_HOST_MAX];
 
 	if (field->len == 0)
 		return config_reason(why, why_len, "external address is empty");
+	/* Numeric, and a scope only in brackets (a bare one was split at its colons). */
 	if (config_spec_copy(field, fwd->external_host, sizeof fwd->external_host) < 0 ||
-	    net_addr_parse_ip(fwd->external_host, 0, &addr) < 0)
+	    !config_numeric_address(fwd->external_host, bare, sizeof bare))
 		return config_reason(why, why_len, "external address \"%.*s\" is not "
 				     "a numeric IPv4 or IPv6 address", (int)field->len, field->text);
 	return 0;
@@ -126,7 +129,7 @@ static int config_spec_external_address(const struct config_spec_field *field,
 static int config_spec_internal_host(const struct config_spec_field *field,
 				     struct forward *fwd, char *why, size_t why_len)
 {
-	struct net_addr addr;
+	char bare[CONFIG_HOST_MAX];
 	const char *problem;
 
 	if (field->len == 0)
@@ -137,8 +140,11 @@ static int config_spec_internal_host(const struct config_spec_field *field,
 	if (problem != NULL)
 		return config_reason(why, why_len, "internal host \"%s\" %s",
 				     fwd->internal_host, problem);
-	/* Brackets promise an address literal, not a name. */
-	if (field->bracketed && net_addr_parse_ip(fwd->internal_host, 0, &addr) < 0)
+	/*
+	 * Brackets promise an address literal, not a name: IPv4, IPv6, or IPv6
+	 * with a scope ("[fe80::1%eth0]"), as the file's internal_ip takes it.
+	 */
+	if (field->bracketed && !config_numeric_address(fwd->internal_host, bare, sizeof bare))
 		return config_reason(why, why_len,
 				     "internal host \"[%s]\" is not a numeric address",
 				     fwd->internal_host);

@@ -22,7 +22,9 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
+#include "portrelay/acl.h"
 #include "portrelay/log.h"
 #include "portrelay/net.h"
 
@@ -37,6 +39,13 @@ enum forward_proto {
 #define CONFIG_ORIGIN_MAX 512
 #define CONFIG_WORKERS_LIMIT 256
 #define CONFIG_BUSY_POLL_LIMIT_US 10000
+/* Upper bound of every count limit (connections, flows): beyond it a typo is likelier. */
+#define CONFIG_COUNT_LIMIT 16777216u
+/* Defaults of the per-source limits of a forward. */
+#define CONFIG_DEFAULT_MAX_CONNECTIONS_PER_SOURCE 256u
+#define CONFIG_DEFAULT_MAX_FLOWS_PER_SOURCE 1024u
+/* The kernel's largest TCP_KEEPIDLE (MAX_TCP_KEEPIDLE), in seconds. */
+#define CONFIG_KEEPALIVE_LIMIT 32767u
 
 /* A forward's counters, kept across reloads (ruleset.h); opaque here. */
 struct forward_stats;
@@ -64,6 +73,22 @@ struct forward {
 	 */
 	uint16_t ftp_data_port_first;
 	uint16_t ftp_data_port_last;
+
+	/*
+	 * Admission control. Counts: 0 means no limit of the forward's own.
+	 * max_connections: TCP connections of this forward open at once (FTP
+	 * data connections included). The per-source limits count one client
+	 * "source" (acl_source_key: an IPv4 address, an IPv6 /64): TCP
+	 * connections open at once, UDP flows at once.
+	 */
+	unsigned max_connections;            /* default 0 */
+	unsigned max_connections_per_source; /* default 256 */
+	unsigned max_flows_per_source;       /* default 1024 */
+	/* allow / deny, in file order: first match wins, default allow (acl.h). */
+	struct acl acl;
+	/* Bind external_address even when the host does not have it (yet): IP_FREEBIND. */
+	bool freebind;
+
 	/* Where it came from, for messages: "etc/x.conf:12" or "-L 'tcp:...'". */
 	char origin[CONFIG_ORIGIN_MAX];
 	/*
@@ -81,8 +106,28 @@ struct config {
 	bool tcp_splice;                    /* zero-copy relaying, default true */
 	unsigned workers;                   /* event-loop threads; 0 = one per CPU */
 	unsigned busy_poll_us;              /* keep polling this long after traffic; 0 = off */
+	/*
+	 * Seconds a TCP connection may stay idle before keepalive probes start,
+	 * on both of its sockets (TCP_KEEPIDLE); 0 = no keepalive. Default 60.
+	 */
+	unsigned tcp_keepalive;
 	double udp_idle_timeout;            /* seconds, default 60 */
-	unsigned udp_max_flows;             /* per forward, default 65536 */
+	/*
+	 * Seconds a UDP flow that never got a reply lives without traffic
+	 * (> 0, default 30). A flow's idle timeout, when shorter, still wins.
+	 */
+	double udp_unreplied_timeout;
+	/*
+	 * UDP flows per forward, 1-16777216; 0 (default) = automatic: the
+	 * runtime fits it to the local port range and the descriptor limit.
+	 */
+	unsigned udp_max_flows;
+	/*
+	 * TCP connections open at once, all forwards together (FTP data
+	 * connections included); 0 (default) = automatic: the runtime derives it
+	 * from the open-files limit.
+	 */
+	unsigned max_connections;
 	uint16_t ftp_data_port_first;       /* ftp.data_ports; 0-0 (default): the kernel picks */
 	uint16_t ftp_data_port_last;
 	double ftp_data_timeout;            /* seconds a data listener waits, default 30 */
@@ -92,6 +137,20 @@ struct config {
 	 * or changed may go on under their old rule; 0 (default): until they end.
 	 */
 	double drain_timeout;
+
+	/*
+	 * user / group: whom to run as after binding. Names as written (a name
+	 * or a numeric id), resolved when the file is read: run_uid and
+	 * run_gid. run_gid is the group's id with `group`, else the user's
+	 * primary group. group alone (has_group without has_user) drops the
+	 * group only.
+	 */
+	char user[CONFIG_NAME_MAX];
+	char group[CONFIG_NAME_MAX];
+	bool has_user;
+	bool has_group;
+	uid_t run_uid;
+	gid_t run_gid;
 
 	/*
 	 * admin = { listen; token_file; }: the admin endpoint (admin.c). An

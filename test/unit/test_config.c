@@ -14,10 +14,21 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <ifaddrs.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <pwd.h>
+#include <signal.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "portrelay/acl.h"
 #include "portrelay/config.h"
 
 struct env {
@@ -246,20 +257,30 @@ static void test_omitted_fields_take_defaults(void **state)
 
 	assert_int_equal(load(env,
 			      "forwards = (\n"
-			      "  { protocol = \"tcp\"; external_port = 8080; internal_ip = \"127.0.0.1\"; },\n"
-			      "  { protocol = \"udp\"; external_port = \"5000-5004\"; internal_ip = \"::1\"; }\n"
+			      "  { protocol = \"tcp\"; external_port = 8080; internal_ip = \"198.51.100.1\"; },\n"
+			      "  { protocol = \"udp\"; external_port = \"5000-5004\"; internal_ip = \"2001:db8::1\"; }\n"
 			      ");\n"), 0);
 	assert_string_equal(cfg->wan_address, "0.0.0.0");
 	assert_int_equal(cfg->log_level, LOG_LEVEL_INFO);
 	assert_true(cfg->tcp_connect_timeout == 10.0);
 	assert_true(cfg->tcp_idle_timeout == 0.0);
 	assert_true(cfg->udp_idle_timeout == 60.0);
-	assert_int_equal(cfg->udp_max_flows, 65536);
+	assert_int_equal(cfg->udp_max_flows, 0);             /* automatic */
+	assert_true(cfg->udp_unreplied_timeout == 30.0);
+	assert_int_equal(cfg->tcp_keepalive, 60);
+	assert_int_equal(cfg->max_connections, 0);           /* automatic */
+	assert_false(cfg->has_user);
+	assert_false(cfg->has_group);
 	assert_int_equal(cfg->forward_count, 2);
 
 	const struct forward *tcp = &cfg->forwards[0];
 	assert_string_equal(tcp->name, "tcp:8080");
 	assert_true(tcp->enabled);
+	assert_int_equal(tcp->max_connections, 0);
+	assert_int_equal(tcp->max_connections_per_source, 256);
+	assert_int_equal(tcp->max_flows_per_source, 1024);
+	assert_int_equal(tcp->acl.count, 0);
+	assert_false(tcp->freebind);
 	assert_string_equal(tcp->external_host, "");
 	assert_int_equal(tcp->internal_port_first, 8080);
 	assert_int_equal(tcp->internal_port_last, 8080);
@@ -274,9 +295,9 @@ static void test_omitted_fields_take_defaults(void **state)
 	assert_int_equal(config_finish(&env->cfg, env->err, sizeof env->err), 0);
 	assert_string_equal(tcp->external_host, "0.0.0.0");
 	assert_string_equal(forward_describe(tcp, line, sizeof line),
-			    "tcp:8080  tcp  0.0.0.0:8080 -> 127.0.0.1:8080");
+			    "tcp:8080  tcp  0.0.0.0:8080 -> 198.51.100.1:8080");
 	assert_string_equal(forward_describe(udp, line, sizeof line),
-			    "udp:5000-5004  udp  0.0.0.0:5000-5004 -> [::1]:5000-5004");
+			    "udp:5000-5004  udp  0.0.0.0:5000-5004 -> [2001:db8::1]:5000-5004");
 }
 
 static void test_udp_idle_timeout_per_forward_overrides_the_global(void **state)
@@ -286,9 +307,9 @@ static void test_udp_idle_timeout_per_forward_overrides_the_global(void **state)
 	assert_int_equal(load_and_finish(env,
 		"udp = { idle_timeout = 30; };\n"
 		"forwards = (\n"
-		"  { protocol = \"udp\"; external_port = 53; internal_ip = \"127.0.0.1\";\n"
+		"  { protocol = \"udp\"; external_port = 53; internal_ip = \"198.51.100.1\";\n"
 		"    udp_idle_timeout = 2.5; },\n"
-		"  { protocol = \"both\"; external_port = 54; internal_ip = \"127.0.0.1\"; }\n"
+		"  { protocol = \"both\"; external_port = 54; internal_ip = \"198.51.100.1\"; }\n"
 		");\n"), 0);
 	assert_true(env->cfg.forwards[0].udp_idle_timeout == 2.5);
 	assert_true(env->cfg.forwards[1].udp_idle_timeout == 30.0);
@@ -570,10 +591,10 @@ static void test_global_settings_are_type_and_range_checked(void **state)
 		  "udp.idle_timeout must be a number > 0" },
 		{ "udp = {\n  idle_timeout = 0;\n};\n", 2,
 		  "udp.idle_timeout must be a number > 0" },
-		{ "udp = {\n  max_flows = 0;\n};\n", 2,
-		  "udp.max_flows must be an integer from 1 to 16777216" },
+		{ "udp = {\n  max_flows = -1;\n};\n", 2,
+		  "udp.max_flows must be an integer from 0 (automatic) to 16777216" },
 		{ "udp = {\n  max_flows = 16777217;\n};\n", 2,
-		  "udp.max_flows must be an integer from 1 to 16777216" },
+		  "udp.max_flows must be an integer from 0 (automatic) to 16777216" },
 		{ "udp = {\n  max_flows = 2.0;\n};\n", 2, "udp.max_flows must be an integer" },
 		{ "forwards = { a = 1; };\n", 1, "forwards must be a list of groups" },
 		{ "forwards = 5;\n", 1, "forwards must be a list of groups" },
@@ -787,9 +808,9 @@ static int load_pair(struct env *env, struct side a, struct side b)
 	snprintf(text, sizeof text,
 		 "forwards = (\n"
 		 "  { name = \"a\"; protocol = \"%s\"; external_address = \"%s\";"
-		 " external_port = %s; internal_ip = \"127.0.0.1\"; enabled = %s; },\n"
+		 " external_port = %s; internal_ip = \"198.51.100.1\"; enabled = %s; },\n"
 		 "  { name = \"b\"; protocol = \"%s\"; external_address = \"%s\";"
-		 " external_port = %s; internal_ip = \"127.0.0.1\"; enabled = %s; }\n"
+		 " external_port = %s; internal_ip = \"198.51.100.1\"; enabled = %s; }\n"
 		 ");\n",
 		 a.proto, a.addr, a.port, a.enabled ? a.enabled : "true",
 		 b.proto, b.addr, b.port, b.enabled ? b.enabled : "true");
@@ -937,10 +958,10 @@ static char *many_forwards_text(unsigned count, bool duplicate_last)
 	for (unsigned i = 0; i < count; i++)
 		used += (size_t)snprintf(text + used, size - used,
 					 "  { protocol = \"tcp\"; external_port = %u;"
-					 " internal_ip = \"127.0.0.1\"; },\n", 10000 + i);
+					 " internal_ip = \"198.51.100.1\"; },\n", 10000 + i);
 	used += (size_t)snprintf(text + used, size - used,
 				 "  { name = \"range\"; protocol = \"tcp\"; external_port = \"%s\";"
-				 " internal_ip = \"127.0.0.1\"; }\n);\n",
+				 " internal_ip = \"198.51.100.1\"; }\n);\n",
 				 duplicate_last ? "10000" : "20000-29999");
 	return text;
 }
@@ -1011,12 +1032,12 @@ static void test_ftp_fields_are_read_and_the_global_range_is_inherited(void **st
 		"ftp = { data_ports = \"30000-30999\"; data_timeout = 12.5; };\n"   /* 1 */
 		"forwards = (\n"                                                    /* 2 */
 		"  { name = \"a\"; protocol = \"tcp\"; external_port = 21;\n"       /* 3 */
-		"    internal_ip = \"127.0.0.1\"; ftp = true; },\n"                 /* 4 */
+		"    internal_ip = \"198.51.100.1\"; ftp = true; },\n"              /* 4 */
 		"  { name = \"b\"; protocol = \"tcp\"; external_port = 2121;\n"     /* 5 */
-		"    internal_ip = \"127.0.0.1\"; ftp = true;\n"                    /* 6 */
+		"    internal_ip = \"198.51.100.1\"; ftp = true;\n"                 /* 6 */
 		"    ftp_data_ports = \"40000-40009\"; },\n"                        /* 7 */
 		"  { name = \"c\"; protocol = \"tcp\"; external_port = 80;\n"       /* 8 */
-		"    internal_ip = \"127.0.0.1\"; }\n"                              /* 9 */
+		"    internal_ip = \"198.51.100.1\"; }\n"                           /* 9 */
 		");\n"), 0);
 	assert_int_equal(env->cfg.ftp_data_port_first, 30000);
 	assert_int_equal(env->cfg.ftp_data_port_last, 30999);
@@ -1043,7 +1064,7 @@ static void test_ftp_defaults_let_the_kernel_pick_and_wait_30_s(void **state)
 	struct env *env = *state;
 
 	assert_int_equal(load_and_finish(env, ONE_FORWARD(
-		"    protocol = \"tcp\"; external_port = 21; internal_ip = \"127.0.0.1\";\n"
+		"    protocol = \"tcp\"; external_port = 21; internal_ip = \"198.51.100.1\";\n"
 		"    ftp = true;\n")), 0);
 	assert_true(env->cfg.ftp_data_timeout == 30.0);
 	assert_int_equal(env->cfg.forwards[0].ftp_data_port_first, 0);
@@ -1252,16 +1273,16 @@ static void test_same_place_is_protocol_address_and_port_range(void **state)
 
 	/* The address compares as an address: [::1] and ::1, wan_address and 0.0.0.0. */
 	struct forward v6 = finished_forward(env, "protocol = \"udp\"; external_address = \"::1\";"
-					     " external_port = 53; internal_ip = \"127.0.0.1\";");
+					     " external_port = 53; internal_ip = \"198.51.100.1\";");
 	struct forward v6_bracketed = finished_forward(env,
 		"protocol = \"udp\"; external_address = \"[::1]\"; external_port = 53;"
-		" internal_ip = \"127.0.0.1\";");
+		" internal_ip = \"198.51.100.1\";");
 	assert_true(forward_same_place(&v6, &v6_bracketed));
 	struct forward wan = finished_forward(env, "protocol = \"udp\"; external_port = 53;"
-					      " internal_ip = \"127.0.0.1\";");
+					      " internal_ip = \"198.51.100.1\";");
 	struct forward wildcard = finished_forward(env, "protocol = \"udp\"; external_port = 53;"
 						   " external_address = \"0.0.0.0\";"
-						   " internal_ip = \"127.0.0.1\";");
+						   " internal_ip = \"198.51.100.1\";");
 	assert_true(forward_same_place(&wan, &wildcard));
 	assert_false(forward_same_place(&wan, &v6));
 
@@ -1269,7 +1290,7 @@ static void test_same_place_is_protocol_address_and_port_range(void **state)
 	char err[1024];
 	struct config specs;
 	config_defaults(&specs);
-	assert_int_equal(config_add_spec(&specs, "udp:53:127.0.0.1:53", err, sizeof err), 0);
+	assert_int_equal(config_add_spec(&specs, "udp:53:198.51.100.1:53", err, sizeof err), 0);
 	assert_int_equal(config_finish(&specs, err, sizeof err), 0);
 	assert_string_equal(specs.forwards[0].name, wan.name);
 	assert_string_not_equal(specs.forwards[0].origin, wan.origin);
@@ -1402,6 +1423,587 @@ static void test_load_sources_error_names_file_and_line_and_frees(void **state)
 	assert_freed_defaults(&env->cfg);
 }
 
+/* ---- admission control: limits, source rules, keepalive, user and group -- */
+
+/* One forward (lines 3-4 of ONE_FORWARD's text, required fields first) plus `line4`. */
+#define FWD_WITH(line4) ONE_FORWARD(                                                  \
+	"    protocol = \"tcp\"; external_port = 8080; internal_ip = \"198.51.100.1\";\n" line4)
+
+static const char admission_file[] =
+	"max_connections = 5000;\n"                                            /* 1 */
+	"tcp = { keepalive = 120; };\n"                                        /* 2 */
+	"udp = { unreplied_timeout = 7.5; max_flows = 0; };\n"                 /* 3 */
+	"forwards = (\n"                                                       /* 4 */
+	"  { name = \"web\"; protocol = \"both\"; external_port = 8080;\n"    /* 5 */
+	"    internal_ip = \"198.51.100.1\";\n"                               /* 6 */
+	"    max_connections = 100; max_connections_per_source = 0;\n"        /* 7 */
+	"    max_flows_per_source = 16;\n"                                     /* 8 */
+	"    allow = [ \"192.168.0.0/16\", \"2001:db8::/32\" ];\n"            /* 9 */
+	"    deny = ( \"0.0.0.0/0\", \"::/0\" );\n"                           /* 10 */
+	"    freebind = true; }\n"                                             /* 11 */
+	");\n";
+
+static bool admits(const struct forward *fwd, const char *address)
+{
+	struct sockaddr_storage ss;
+	struct net_addr addr;
+
+	assert_int_equal(net_addr_parse_ip(address, 40000, &addr), 0);
+	memcpy(&ss, &addr.ss, sizeof ss);
+	return acl_allows(&fwd->acl, (const struct sockaddr *)&ss);
+}
+
+static void test_admission_fields_are_read(void **state)
+{
+	struct env *env = *state;
+	const struct config *cfg = &env->cfg;
+	char text[ACL_ENTRY_STRLEN];
+
+	assert_int_equal(load_and_finish(env, admission_file), 0);
+	assert_int_equal(cfg->max_connections, 5000);
+	assert_int_equal(cfg->tcp_keepalive, 120);
+	assert_true(cfg->udp_unreplied_timeout == 7.5);
+	assert_int_equal(cfg->udp_max_flows, 0);
+	const struct forward *web = &cfg->forwards[0];
+	assert_int_equal(web->max_connections, 100);
+	assert_int_equal(web->max_connections_per_source, 0);
+	assert_int_equal(web->max_flows_per_source, 16);
+	assert_true(web->freebind);
+	assert_int_equal(web->acl.count, 4);
+	assert_true(web->acl.entries[0].allow);
+	assert_string_equal(acl_entry_format(&web->acl.entries[0], text, sizeof text),
+			    "192.168.0.0/16");
+	assert_true(web->acl.entries[1].allow);
+	assert_string_equal(acl_entry_format(&web->acl.entries[1], text, sizeof text),
+			    "2001:db8::/32");
+	assert_false(web->acl.entries[2].allow);
+	assert_false(web->acl.entries[3].allow);
+	assert_true(admits(web, "192.168.3.4"));
+	assert_true(admits(web, "::ffff:192.168.3.4"));
+	assert_true(admits(web, "2001:db8:5::1"));
+	assert_false(admits(web, "10.0.0.1"));
+	assert_false(admits(web, "::ffff:10.0.0.1"));
+	assert_false(admits(web, "2001:db9::1"));
+
+	/* The edges that are allowed. */
+	assert_int_equal(load(env, "max_connections = 16777216;\n"
+				   "tcp = { keepalive = 0; };\n"
+				   "udp = { max_flows = 1; unreplied_timeout = 1e9; };\n"), 0);
+	assert_int_equal(cfg->max_connections, 16777216);
+	assert_int_equal(cfg->tcp_keepalive, 0);
+	assert_int_equal(cfg->udp_max_flows, 1);
+	assert_int_equal(load(env, "tcp = { keepalive = 32767; };\n"), 0);
+	assert_int_equal(cfg->tcp_keepalive, 32767);
+	assert_int_equal(load(env, "tcp = { keepalive = 45.0; };\n"), 0);
+	assert_int_equal(cfg->tcp_keepalive, 45);
+	config_free(&env->cfg);
+	assert_int_equal(load(env, FWD_WITH("    max_connections = 16777216; allow = [];\n"
+					    "    max_flows_per_source = 16777216; deny = ();\n"
+					    "    max_connections_per_source = 1; freebind = false;\n")), 0);
+	const struct forward *edge = &cfg->forwards[0];
+	assert_int_equal(edge->max_connections, 16777216);
+	assert_int_equal(edge->max_flows_per_source, 16777216);
+	assert_int_equal(edge->max_connections_per_source, 1);
+	assert_int_equal(edge->acl.count, 0);
+	assert_false(edge->freebind);
+}
+
+static void test_admission_defaults_hold_for_every_forward(void **state)
+{
+	struct env *env = *state;
+
+	assert_int_equal(load_and_finish(env, FWD_WITH("")), 0);
+	assert_int_equal(config_add_spec(&env->cfg, "udp:5353:198.51.100.1:53", env->err,
+					 sizeof env->err), 0);
+	for (size_t i = 0; i < env->cfg.forward_count; i++) {
+		const struct forward *fwd = &env->cfg.forwards[i];
+		assert_int_equal(fwd->max_connections, 0);
+		assert_int_equal(fwd->max_connections_per_source, 256);
+		assert_int_equal(fwd->max_flows_per_source, 1024);
+		assert_int_equal(fwd->acl.count, 0);
+		assert_false(fwd->freebind);
+		assert_true(admits(fwd, "203.0.113.1"));
+	}
+	assert_int_equal(env->cfg.tcp_keepalive, 60);
+	assert_true(env->cfg.udp_unreplied_timeout == 30.0);
+	assert_int_equal(env->cfg.max_connections, 0);
+	assert_int_equal(env->cfg.udp_max_flows, 0);
+}
+
+static void test_admission_errors_name_their_line(void **state)
+{
+	static const struct error_case cases[] = {
+		{ "max_connections = -1;\n", 1,
+		  "max_connections must be an integer from 0 (automatic) to 16777216" },
+		{ "\nmax_connections = 16777217;\n", 2,
+		  "max_connections must be an integer from 0 (automatic) to 16777216" },
+		{ "max_connections = \"100\";\n", 1, "max_connections must be an integer" },
+		{ "max_connections = 1.5;\n", 1, "max_connections must be an integer" },
+		{ "tcp = {\n  keepalive = -1;\n};\n", 2,
+		  "tcp.keepalive must be a whole number of seconds from 0 (off) to 32767" },
+		{ "tcp = {\n  keepalive = 32768;\n};\n", 2,
+		  "tcp.keepalive must be a whole number of seconds from 0 (off) to 32767" },
+		{ "tcp = {\n  keepalive = 1.5;\n};\n", 2, "tcp.keepalive must be a whole number" },
+		{ "tcp = {\n  keepalive = \"60\";\n};\n", 2, "tcp.keepalive must be a whole number" },
+		{ "tcp = {\n  keepalive = true;\n};\n", 2, "tcp.keepalive must be a whole number" },
+		{ "udp = {\n  unreplied_timeout = 0;\n};\n", 2,
+		  "udp.unreplied_timeout must be a number > 0" },
+		{ "udp = {\n  unreplied_timeout = -3;\n};\n", 2,
+		  "udp.unreplied_timeout must be a number > 0, not -3" },
+		{ "udp = {\n  unreplied_timeout = \"30\";\n};\n", 2,
+		  "udp.unreplied_timeout must be a number > 0" },
+		{ "udp = {\n\n  unreplied_timeout = 1e12;\n};\n", 3,
+		  "udp.unreplied_timeout 1e+12 is too large" },
+		{ "udp = {\n  unreplied = 5;\n};\n", 2, "unknown field \"udp.unreplied\"" },
+		{ FWD_WITH("    max_connections = -1;\n"), 4,
+		  "forward #1: max_connections must be an integer from 0 (no limit of its own) to "
+		  "16777216" },
+		{ FWD_WITH("    max_connections_per_source = 16777217;\n"), 4,
+		  "forward #1: max_connections_per_source must be an integer from 0 (no limit) to "
+		  "16777216" },
+		{ FWD_WITH("    max_flows_per_source = true;\n"), 4,
+		  "max_flows_per_source must be an integer from 0 (no limit) to 16777216" },
+		{ FWD_WITH("    max_flows_per_source = 2.0;\n"), 4,
+		  "max_flows_per_source must be an integer" },
+		{ FWD_WITH("    freebind = 1;\n"), 4, "freebind must be true or false" },
+		{ FWD_WITH("    max_flows = 5;\n"), 4, "unknown field \"max_flows\"" },
+		{ FWD_WITH("    allow = \"10.0.0.0/8\";\n"), 4, "allow must be a list of networks" },
+		{ FWD_WITH("    deny = { a = 1; };\n"), 4, "deny must be a list of networks" },
+		{ FWD_WITH("    allow = [ 10 ];\n"), 4, "allow entry #1 must be a string" },
+		{ FWD_WITH("    deny = ( \"10.0.0.0/8\", [ \"x\" ] );\n"), 4,
+		  "deny entry #2 must be a string" },
+		{ FWD_WITH("    deny = [ \"10.0.0.0/8\",\n      \"10.0.0.1/8\" ];\n"), 5,
+		  "forward #1: deny entry 10.0.0.1/8: host bits set; did you mean 10.0.0.0/8?" },
+		{ FWD_WITH("    allow = (\n\n      \"2001:db8::1/32\" );\n"), 6,
+		  "allow entry 2001:db8::1/32: host bits set; did you mean 2001:db8::/32?" },
+		{ FWD_WITH("    allow = [ \"10.0.0.0/33\" ];\n"), 4,
+		  "allow entry 10.0.0.0/33: the prefix length must be a number from 0 to 32" },
+		{ FWD_WITH("    deny = [ \"::/129\" ];\n"), 4,
+		  "deny entry ::/129: the prefix length must be a number from 0 to 128" },
+		{ FWD_WITH("    allow = [ \"myhost\" ];\n"), 4,
+		  "allow entry myhost: not an IPv4 or IPv6 address or network" },
+		{ FWD_WITH("    allow = [ \"\" ];\n"), 4, "allow entry : not an IPv4 or IPv6" },
+	};
+
+	check_load_errors(*state, CASES(cases));
+}
+
+static void test_acl_error_message_is_exact(void **state)
+{
+	struct env *env = *state;
+
+	assert_int_equal(load(env, ONE_FORWARD(
+		"    name = \"web\"; protocol = \"tcp\"; external_port = 8080;\n"
+		"    internal_ip = \"198.51.100.1\"; deny = [ \"10.0.0.1/8\" ];\n")), -1);
+	assert_error_equals(env, 4, "forward \"web\": deny entry 10.0.0.1/8: host bits set; "
+				    "did you mean 10.0.0.0/8?");
+}
+
+/* 64 entries fit, in allow and deny together; the 65th is an error at its own line. */
+static void test_acl_holds_at_most_64_entries(void **state)
+{
+	struct env *env = *state;
+	size_t size = 8192, used = 0;
+	char *text = malloc(size);
+
+	assert_non_null(text);
+	used += (size_t)snprintf(text + used, size - used,
+				 "forwards = (\n  {\n    protocol = \"tcp\"; external_port = 8080;"
+				 " internal_ip = \"198.51.100.1\";\n    allow = [\n");   /* 1-4 */
+	for (unsigned i = 0; i < 40; i++)                                      /* 5-44 */
+		used += (size_t)snprintf(text + used, size - used, "      \"10.%u.0.0/16\",\n", i);
+	used += (size_t)snprintf(text + used, size - used, "      \"10.40.0.0/16\" ];\n"); /* 45 */
+	used += (size_t)snprintf(text + used, size - used, "    deny = [\n");            /* 46 */
+	for (unsigned i = 0; i < 23; i++)                                      /* 47-69 */
+		used += (size_t)snprintf(text + used, size - used, "      \"172.16.%u.0/24\",\n", i);
+	/* Entry 65 on line 70. */
+	snprintf(text + used, size - used, "      \"0.0.0.0/0\" ];\n  }\n);\n");
+	assert_int_equal(load(env, text), -1);
+	assert_error_at(env, 70, "allow and deny hold at most 64 entries together");
+
+	/* Without the last entry: 64, accepted. */
+	char *last = strstr(text, "      \"172.16.22.0/24\",\n");
+	assert_non_null(last);
+	snprintf(last, size - (size_t)(last - text), "      \"172.16.22.0/24\" ];\n  }\n);\n");
+	assert_int_equal(load(env, text), 0);
+	assert_int_equal(env->cfg.forwards[0].acl.count, ACL_MAX_ENTRIES);
+	free(text);
+}
+
+/* The lists are checked in the order the file has them: the first match wins. */
+static void test_acl_order_is_the_order_in_the_file(void **state)
+{
+	struct env *env = *state;
+
+	assert_int_equal(load_and_finish(env,
+		"forwards = (\n"
+		"  { name = \"allow-list\"; protocol = \"tcp\"; external_port = 8080;\n"
+		"    internal_ip = \"198.51.100.1\";\n"
+		"    allow = [ \"10.0.0.0/8\" ]; deny = [ \"0.0.0.0/0\", \"::/0\" ]; },\n"
+		"  { name = \"deny-first\"; protocol = \"tcp\"; external_port = 8081;\n"
+		"    internal_ip = \"198.51.100.1\";\n"
+		"    deny = [ \"0.0.0.0/0\" ]; allow = [ \"10.0.0.0/8\" ]; },\n"
+		"  { name = \"hole\"; protocol = \"tcp\"; external_port = 8082;\n"
+		"    internal_ip = \"198.51.100.1\";\n"
+		"    deny = [ \"10.0.0.66\" ]; allow = [ \"10.0.0.0/24\" ]; }\n"
+		");\n"), 0);
+	const struct forward *allow_list = &env->cfg.forwards[0];
+	const struct forward *deny_first = &env->cfg.forwards[1];
+	const struct forward *hole = &env->cfg.forwards[2];
+
+	assert_true(allow_list->acl.entries[0].allow);
+	assert_true(admits(allow_list, "10.1.2.3"));
+	assert_false(admits(allow_list, "11.1.2.3"));
+	assert_false(admits(allow_list, "2001:db8::1"));
+
+	assert_false(deny_first->acl.entries[0].allow);
+	assert_false(admits(deny_first, "10.1.2.3"));
+	assert_false(admits(deny_first, "11.1.2.3"));
+	assert_true(admits(deny_first, "2001:db8::1"));   /* 0.0.0.0/0 is IPv4 only */
+
+	assert_false(admits(hole, "10.0.0.66"));
+	assert_true(admits(hole, "10.0.0.65"));
+	assert_true(admits(hole, "11.0.0.1"));             /* nothing matches: allowed */
+}
+
+/* A reload tells a changed rule from an unchanged one by every admission field too. */
+static void test_admission_fields_are_part_of_the_rule(void **state)
+{
+	struct env *env = *state;
+
+	assert_int_equal(load_and_finish(env, admission_file), 0);
+	const struct forward base = env->cfg.forwards[0];
+	struct forward other = base;
+	assert_true(forward_same_rule(&base, &other));
+
+	other.max_connections++;
+	assert_false(forward_same_rule(&base, &other));
+	assert_true(forward_same_target(&base, &other));
+	other = base;
+	other.max_connections_per_source++;
+	assert_false(forward_same_rule(&base, &other));
+	other = base;
+	other.max_flows_per_source++;
+	assert_false(forward_same_rule(&base, &other));
+	other = base;
+	other.freebind = !other.freebind;
+	assert_false(forward_same_rule(&base, &other));
+	other = base;
+	other.acl.entries[3].allow = true;
+	assert_false(forward_same_rule(&base, &other));
+	other = base;
+	other.acl.count--;
+	assert_false(forward_same_rule(&base, &other));
+	assert_true(forward_same_target(&base, &other));
+}
+
+static void test_user_and_group_are_resolved_when_read(void **state)
+{
+	struct env *env = *state;
+	const struct config *cfg = &env->cfg;
+	struct passwd *root = getpwnam("root");
+	struct group *root_group = getgrnam("root");
+
+	assert_non_null(root);
+	assert_non_null(root_group);
+	gid_t root_primary = root->pw_gid, root_gid = root_group->gr_gid;
+
+	assert_int_equal(load(env, "user = \"root\";\n"), 0);
+	assert_true(cfg->has_user);
+	assert_false(cfg->has_group);
+	assert_string_equal(cfg->user, "root");
+	assert_int_equal(cfg->run_uid, 0);
+	assert_int_equal(cfg->run_gid, root_primary);   /* the user's primary group */
+
+	/* group wins over the user's primary group, wherever it is written. */
+	config_free(&env->cfg);
+	struct passwd *nobody = getpwnam("nobody");
+	if (nobody != NULL) {
+		uid_t nobody_uid = nobody->pw_uid;
+		assert_int_equal(load(env, "group = \"root\";\nuser = \"nobody\";\n"), 0);
+		assert_int_equal(cfg->run_uid, nobody_uid);
+		assert_int_equal(cfg->run_gid, root_gid);
+		assert_string_equal(cfg->group, "root");
+		config_free(&env->cfg);
+		assert_int_equal(load(env, "user = \"nobody\";\ngroup = \"root\";\n"), 0);
+		assert_int_equal(cfg->run_gid, root_gid);
+		config_free(&env->cfg);
+	}
+
+	/* Numeric ids, as strings or integers; one without an entry needs group. */
+	assert_int_equal(load(env, "user = 0;\n"), 0);
+	assert_int_equal(cfg->run_uid, 0);
+	assert_string_equal(cfg->user, "0");
+	config_free(&env->cfg);
+	assert_int_equal(load(env, "user = \"0\";\ngroup = \"0\";\n"), 0);
+	assert_int_equal(cfg->run_uid, 0);
+	assert_int_equal(cfg->run_gid, 0);
+	config_free(&env->cfg);
+	if (getpwuid(4000000) == NULL) {
+		assert_int_equal(load(env, "user = 4000000;\ngroup = 4000001;\n"), 0);
+		assert_int_equal(cfg->run_uid, 4000000);
+		assert_int_equal(cfg->run_gid, 4000001);
+		config_free(&env->cfg);
+		assert_int_equal(load(env, "\nuser = 4000000;\n"), -1);
+		assert_error_equals(env, 2, "user 4000000 has no entry in the user database, so no "
+					    "primary group: set group too");
+		config_free(&env->cfg);
+	}
+
+	/* group alone drops the group only. */
+	assert_int_equal(load(env, "group = \"root\";\n"), 0);
+	assert_false(cfg->has_user);
+	assert_true(cfg->has_group);
+	assert_int_equal(cfg->run_gid, root_gid);
+}
+
+static void test_unknown_user_or_group_names_the_line(void **state)
+{
+	static const struct error_case cases[] = {
+		{ "user = \"no-such-user-xyz\";\n", 1, "user \"no-such-user-xyz\" does not exist" },
+		{ "log_level = \"info\";\ngroup = \"no-such-group-xyz\";\n", 2,
+		  "group \"no-such-group-xyz\" does not exist" },
+		{ "user = true;\n", 1, "user must be a string: a name or a numeric id" },
+		{ "group = [ \"root\" ];\n", 1, "group must be a string: a name or a numeric id" },
+		{ "user = \"\";\n", 1, "user is empty" },
+		{ "group = -5;\n", 1, "group -5 is not a valid id" },
+	};
+
+	check_load_errors(*state, CASES(cases));
+	struct env *env = *state;
+	assert_int_equal(load(env, "user = \"no-such-user-xyz\";\n"), -1);
+	assert_error_equals(env, 1, "user \"no-such-user-xyz\" does not exist");
+}
+
+/* ---- -c naming something that is not a regular file --------------------- */
+
+static void test_fifo_or_device_is_refused_without_blocking(void **state)
+{
+	struct env *env = *state;
+	char fifo[256], expected[512];
+
+	snprintf(fifo, sizeof fifo, "%s/fifo.conf", env->dir);
+	assert_int_equal(mkfifo(fifo, 0600), 0);
+	/* Opening or reading a FIFO without a writer would block: SIGALRM ends the test then. */
+	alarm(10);
+	int rc = config_load_file(&env->cfg, fifo, env->err, sizeof env->err);
+	alarm(0);
+	unlink(fifo);
+	assert_int_equal(rc, -1);
+	snprintf(expected, sizeof expected, "%s: cannot read: is not a regular file (a FIFO)",
+		 fifo);
+	assert_string_equal(env->err, expected);
+
+	/* /dev/zero never ends; /dev/null would read as an empty file. */
+	alarm(10);
+	assert_int_equal(config_load_file(&env->cfg, "/dev/zero", env->err, sizeof env->err), -1);
+	alarm(0);
+	assert_string_equal(env->err, "/dev/zero: cannot read: is not a regular file (a device)");
+	assert_int_equal(config_load_file(&env->cfg, "/dev/null", env->err, sizeof env->err), -1);
+	assert_string_equal(env->err, "/dev/null: cannot read: is not a regular file (a device)");
+	assert_int_equal(env->cfg.forward_count, 0);
+
+	/* A regular file through a symbolic link is read as usual. */
+	char link[256];
+	snprintf(link, sizeof link, "%s/link.conf", env->dir);
+	write_file(env->path, "log_level = \"debug\";\n");
+	assert_int_equal(symlink(env->path, link), 0);
+	rc = config_load_file(&env->cfg, link, env->err, sizeof env->err);
+	unlink(link);
+	assert_int_equal(rc, 0);
+	assert_int_equal(env->cfg.log_level, LOG_LEVEL_DEBUG);
+}
+
+/* ---- loops: a target that is one of the relay's own listeners ----------- */
+
+struct loop_case {
+	const char *forwards;   /* the groups, one per line from line 2 */
+	int line;               /* 0: accepted */
+	const char *words;
+};
+
+/* "forwards = (\n" GROUPS ");\n", without the comma after the last group. */
+static const char *forwards_text(const char *groups, char *text, size_t len)
+{
+	snprintf(text, len, "forwards = (\n%s);\n", groups);
+	char *comma = strrchr(text, ',');
+	if (comma != NULL && strcmp(comma, ",\n);\n") == 0)
+		memmove(comma, comma + 1, strlen(comma));
+	return text;
+}
+
+static void check_loops(struct env *env, const struct loop_case *cases, size_t count)
+{
+	char text[2048];
+
+	for (size_t i = 0; i < count; i++) {
+		const struct loop_case *c = &cases[i];
+		forwards_text(c->forwards, text, sizeof text);
+		config_free(&env->cfg);
+		int rc = load_and_finish(env, text);
+		bool ok = c->line == 0 ? rc == 0 : rc == -1 && error_is_at(env, c->line, c->words);
+		if (!ok) {
+			print_error("case %zu:\n%s\nerror was \"%s\"\nexpected %s%s\n", i, text,
+				    env->err, c->line ? "an error with " : "no error",
+				    c->line ? c->words : "");
+			fail();
+		}
+	}
+}
+
+#define LOOP_FWD(name, proto, ext, port, target, tport, more)                             \
+	"  { name = \"" name "\"; protocol = \"" proto "\"; external_address = \"" ext "\";" \
+	" external_port = " port "; internal_ip = \"" target "\"; internal_port = " tport ";" \
+	more " },\n"
+
+static void test_a_forward_into_its_own_listener_is_refused(void **state)
+{
+	struct env *env = *state;
+
+	assert_int_equal(load_and_finish(env,
+		"forwards = (\n"
+		"  { name = \"x\"; protocol = \"tcp\"; external_address = \"127.0.0.1\";\n"
+		"    external_port = 23456; internal_ip = \"127.0.0.1\"; }\n"
+		");\n"), -1);
+	assert_error_equals(env, 2, "forward \"x\": its tcp target 127.0.0.1:23456 is its own "
+				    "listener: it would loop through the relay");
+
+	static const struct loop_case cases[] = {
+		/* Wildcards take every local address; all of 127.0.0.0/8 is local. */
+		{ LOOP_FWD("w", "tcp", "0.0.0.0", "23456", "127.0.0.1", "23456", ""), 2,
+		  "its tcp target 127.0.0.1:23456 is its own listener" },
+		{ LOOP_FWD("w", "tcp", "0.0.0.0", "23456", "127.0.0.5", "23456", ""), 2,
+		  "its tcp target 127.0.0.5:23456 is its own listener" },
+		{ LOOP_FWD("w", "tcp", "0.0.0.0", "23456", "0.0.0.0", "23456", ""), 2,
+		  "its tcp target 127.0.0.1:23456 is its own listener" },
+		{ LOOP_FWD("w", "tcp", "::", "23456", "127.0.0.1", "23456", ""), 2,
+		  "its own listener" },
+		{ LOOP_FWD("w", "udp", "::", "23456", "::1", "23456", ""), 2,
+		  "its udp target [::1]:23456 is its own listener" },
+		{ LOOP_FWD("w", "tcp", "::", "23456", "::", "23456", ""), 2, "its own listener" },
+		{ LOOP_FWD("w", "tcp", "127.0.0.1", "23456", "::ffff:127.0.0.1", "23456", ""), 2,
+		  "its tcp target 127.0.0.1:23456 is its own listener" },
+		{ LOOP_FWD("h", "both", "::", "23456", "localhost", "23456", ""), 2,
+		  "its own listener" },
+		/* 0.0.0.0 is IPv4 only; another loopback address is another listener's. */
+		{ LOOP_FWD("w", "tcp", "0.0.0.0", "23456", "::1", "23456", ""), 0, NULL },
+		{ LOOP_FWD("w", "tcp", "127.0.0.1", "23456", "127.0.0.2", "23456", ""), 0, NULL },
+		{ LOOP_FWD("w", "tcp", "0.0.0.0", "23456", "127.0.0.1", "23457", ""), 0, NULL },
+		/* Ranges and protocols. */
+		{ LOOP_FWD("r", "udp", "0.0.0.0", "\"23450-23460\"", "127.0.0.1",
+			   "\"23455-23465\"", ""), 2,
+		  "its udp target 127.0.0.1:23455 is its own listener" },
+		{ LOOP_FWD("l", "both", "127.0.0.1", "\"23450-23460\"", "198.51.100.1", "\"1-11\"", "")
+		  LOOP_FWD("t", "tcp", "127.0.0.1", "8080", "127.0.0.1", "23455", ""), 3,
+		  "forward \"t\": its tcp target 127.0.0.1:23455 is the listener of forward \"l\"" },
+		{ LOOP_FWD("l", "both", "127.0.0.1", "\"23450-23460\"", "198.51.100.1", "\"1-11\"", "")
+		  LOOP_FWD("t", "udp", "127.0.0.1", "\"8080-8089\"", "127.0.0.1",
+			   "\"23441-23450\"", ""), 3,
+		  "its udp target 127.0.0.1:23450 is the listener of forward \"l\"" },
+		{ LOOP_FWD("l", "tcp", "127.0.0.1", "\"23450-23460\"", "198.51.100.1", "\"1-11\"", "")
+		  LOOP_FWD("t", "tcp", "127.0.0.1", "8080", "127.0.0.1", "23461", ""), 0, NULL },
+		{ LOOP_FWD("l", "tcp", "127.0.0.1", "5000", "198.51.100.1", "80", "")
+		  LOOP_FWD("t", "udp", "127.0.0.1", "6000", "127.0.0.1", "5000", ""), 0, NULL },
+		/* A chain through another forward, whichever comes first in the file. */
+		{ LOOP_FWD("a", "tcp", "127.0.0.1", "8080", "127.0.0.1", "9090", "")
+		  LOOP_FWD("b", "tcp", "127.0.0.1", "9090", "198.51.100.1", "80", ""), 2,
+		  "forward \"a\": its tcp target 127.0.0.1:9090 is the listener of forward \"b\"" },
+		{ LOOP_FWD("b", "tcp", "0.0.0.0", "9090", "198.51.100.1", "80", "")
+		  LOOP_FWD("a", "tcp", "127.0.0.1", "8080", "127.0.0.1", "9090", ""), 3,
+		  "forward \"a\": its tcp target 127.0.0.1:9090 is the listener of forward \"b\"" },
+		/* A disabled forward listens on nothing. */
+		{ LOOP_FWD("a", "tcp", "127.0.0.1", "8080", "127.0.0.1", "9090", "")
+		  LOOP_FWD("b", "tcp", "127.0.0.1", "9090", "198.51.100.1", "80",
+			   " enabled = false;"), 0, NULL },
+		{ LOOP_FWD("a", "tcp", "127.0.0.1", "8080", "127.0.0.1", "8080", " enabled = false;"),
+		  0, NULL },
+	};
+
+	check_loops(env, CASES(cases));
+}
+
+/* The first IPv4 address of this host outside 127.0.0.0/8, if it has one. */
+static bool host_ipv4_address(char *buf, size_t len)
+{
+	struct ifaddrs *list = NULL;
+	bool found = false;
+
+	if (getifaddrs(&list) < 0)
+		return false;
+	for (struct ifaddrs *ifa = list; ifa != NULL && !found; ifa = ifa->ifa_next) {
+		if (ifa->ifa_addr == NULL || ifa->ifa_addr->sa_family != AF_INET)
+			continue;
+		const struct sockaddr_in *sin = (const struct sockaddr_in *)ifa->ifa_addr;
+		if ((ntohl(sin->sin_addr.s_addr) >> 24) == 127)
+			continue;
+		found = inet_ntop(AF_INET, &sin->sin_addr, buf, (socklen_t)len) != NULL;
+	}
+	freeifaddrs(list);
+	return found;
+}
+
+/* What config_finish writes to stderr while it finishes the forwards `groups`. */
+static int finish_capturing_stderr(struct env *env, const char *groups, char *log, size_t log_len)
+{
+	char path[256], text[2048];
+	forwards_text(groups, text, sizeof text);
+	snprintf(path, sizeof path, "%s/stderr.log", env->dir);
+	fflush(stderr);
+	int saved = dup(STDERR_FILENO);
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	assert_true(saved >= 0 && fd >= 0);
+	dup2(fd, STDERR_FILENO);
+	close(fd);
+	config_free(&env->cfg);
+	int rc = load_and_finish(env, text);
+	fflush(stderr);
+	dup2(saved, STDERR_FILENO);
+	close(saved);
+	FILE *file = fopen(path, "r");
+	assert_non_null(file);
+	size_t n = fread(log, 1, log_len - 1, file);
+	log[n] = '\0';
+	fclose(file);
+	unlink(path);
+	return rc;
+}
+
+static void test_target_on_another_local_address_is_only_warned_about(void **state)
+{
+	struct env *env = *state;
+	char log[4096], text[1024], host[64];
+
+	assert_int_equal(finish_capturing_stderr(env,
+		LOOP_FWD("a", "tcp", "127.0.0.1", "8080", "198.51.100.1", "80", "")
+		LOOP_FWD("b", "tcp", "127.0.0.2", "9000", "127.0.0.3", "8080", ""),
+		log, sizeof log), 0);
+	assert_non_null(strstr(log, "[b] its target 127.0.0.3:8080 is an address of this host, and "
+				    "forward \"a\" listens on that port (on 127.0.0.1, "));
+
+	/* Off the host, or on a port no forward listens on: nothing to say. */
+	assert_int_equal(finish_capturing_stderr(env,
+		LOOP_FWD("a", "tcp", "127.0.0.1", "8080", "198.51.100.1", "8080", "")
+		LOOP_FWD("b", "tcp", "127.0.0.2", "9000", "127.0.0.3", "8081", ""),
+		log, sizeof log), 0);
+	assert_string_equal(log, "");
+
+	/* An address of one of the host's interfaces: a wildcard listener takes it. */
+	if (!host_ipv4_address(host, sizeof host)) {
+		print_message("no IPv4 address beyond loopback; skipping that part\n");
+		return;
+	}
+	char groups[512];
+	snprintf(groups, sizeof groups, LOOP_FWD("a", "tcp", "0.0.0.0", "23456", "%s", "23456", ""),
+		 host);
+	config_free(&env->cfg);
+	assert_int_equal(load_and_finish(env, forwards_text(groups, text, sizeof text)), -1);
+	assert_non_null(strstr(env->err, "is its own listener"));
+	snprintf(groups, sizeof groups,
+		 LOOP_FWD("a", "tcp", "127.0.0.1", "23456", "%s", "23456", ""), host);
+	assert_int_equal(finish_capturing_stderr(env, groups, log, sizeof log), 0);
+	assert_non_null(strstr(log, "is an address of this host"));
+}
+
 #define TEST(name) cmocka_unit_test_setup_teardown(name, env_setup, env_teardown)
 
 int main(void)
@@ -1449,6 +2051,18 @@ int main(void)
 		TEST(test_ftp_defaults_let_the_kernel_pick_and_wait_30_s),
 		TEST(test_ftp_errors_name_their_line),
 		TEST(test_ftp_data_ports_may_not_overlap_a_forward),
+		TEST(test_admission_fields_are_read),
+		TEST(test_admission_defaults_hold_for_every_forward),
+		TEST(test_admission_errors_name_their_line),
+		TEST(test_acl_error_message_is_exact),
+		TEST(test_acl_holds_at_most_64_entries),
+		TEST(test_acl_order_is_the_order_in_the_file),
+		TEST(test_admission_fields_are_part_of_the_rule),
+		TEST(test_user_and_group_are_resolved_when_read),
+		TEST(test_unknown_user_or_group_names_the_line),
+		TEST(test_fifo_or_device_is_refused_without_blocking),
+		TEST(test_a_forward_into_its_own_listener_is_refused),
+		TEST(test_target_on_another_local_address_is_only_warned_about),
 		TEST(test_control_characters_in_values_come_escaped_in_one_line),
 		TEST(test_same_rule_needs_every_field_but_the_origin),
 		TEST(test_same_place_is_protocol_address_and_port_range),

@@ -506,7 +506,7 @@ static void test_worker_blocks_are_aligned_and_on_lines_of_their_own(void **stat
 	for (size_t k = 0; k < sizeof worker_counts / sizeof worker_counts[0]; k++) {
 		unsigned workers = worker_counts[k];
 		struct config cfg;
-		build(&cfg, SPECS("tcp:127.0.0.1:8080:127.0.0.1:80", "udp:127.0.0.1:53:127.0.0.1:53"));
+		build(&cfg, SPECS("tcp:127.0.0.1:8080:127.0.0.1:80", "udp:127.0.0.1:53:127.0.0.1:5353"));
 		struct ruleset *rules = ruleset_new(&cfg, NULL, workers);
 		assert_non_null(rules);
 		for (size_t f = 0; f < rules->cfg.forward_count; f++) {

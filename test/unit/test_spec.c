@@ -11,6 +11,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <net/if.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <time.h>
 
@@ -333,11 +335,149 @@ static void test_ten_thousand_specs_finish_quickly(void **state)
 		snprintf(spec, sizeof spec, "tcp:%u:127.0.0.1:80", 30000 - i);
 		add(env, spec);
 	}
-	add(env, "tcp:40000-49999:127.0.0.1:40000-49999");
+	add(env, "tcp:40000-49999:192.0.2.10:40000-49999");
 	finish(env);
 	assert_int_equal(env->cfg.forward_count, 10001);
 	assert_int_equal(forward_port_count(&env->cfg.forwards[10000]), 10000);
 	assert_true(seconds_since(&start) < 1.0);
+}
+
+/* ---- IPv6 scopes ---------------------------------------------------------- */
+
+static void test_scoped_ipv6_internal_host_in_brackets(void **state)
+{
+	struct env *env = *state;
+	const struct forward *fwd = add(env, "udp:[::1]:5353:[fe80::1%lo]:53");
+
+	assert_string_equal(fwd->internal_host, "fe80::1%lo");
+	assert_string_equal(fwd->external_host, "::1");
+	assert_int_equal(fwd->internal_port_first, 53);
+	finish(env);
+	const struct sockaddr_in6 *v6 = (const struct sockaddr_in6 *)&fwd->internal_addr.ss;
+	assert_int_equal(v6->sin6_family, AF_INET6);
+	assert_int_equal(v6->sin6_scope_id, if_nametoindex("lo"));
+	struct net_addr target = forward_internal_addr(fwd, 5353);
+	assert_int_equal(net_addr_port(&target), 53);
+}
+
+static void test_scoped_ipv6_external_address_in_brackets(void **state)
+{
+	struct env *env = *state;
+	const struct forward *fwd = add(env, "tcp:[fe80::1%lo]:8080:[fe80::2%1]:80");
+
+	assert_string_equal(fwd->external_host, "fe80::1%lo");
+	finish(env);
+	const struct sockaddr_in6 *v6 = (const struct sockaddr_in6 *)&fwd->external_addr.ss;
+	assert_int_equal(v6->sin6_family, AF_INET6);
+	assert_int_equal(v6->sin6_scope_id, if_nametoindex("lo"));
+	v6 = (const struct sockaddr_in6 *)&fwd->internal_addr.ss;
+	assert_int_equal(v6->sin6_scope_id, 1);
+}
+
+static void test_bad_scopes_are_rejected(void **state)
+{
+	static const struct bad_spec cases[] = {
+		{ "udp:[::1]:5353:[fe80::1%]:53", "internal host \"[fe80::1%]\" is not a numeric address" },
+		{ "udp:[::1]:5353:[10.0.0.1%lo]:53", "internal host \"[10.0.0.1%lo]\" is not a numeric" },
+		{ "udp:[::1]:5353:[fe80::1%a b]:53", "internal host \"fe80::1%a b\" contains whitespace" },
+		{ "udp:[fe80::1%]:5353:h:53", "external address \"fe80::1%\" is not a numeric" },
+		{ "udp:[fe80::1%lo%lo]:5353:h:53", "external address \"fe80::1%lo%lo\" is not a numeric" },
+		{ "udp:fe80::1%lo:5353:h:53", "(write IPv6 addresses in brackets)" },
+	};
+	struct env *env = *state;
+	char prefix[512];
+
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		const struct bad_spec *c = &cases[i];
+		int rc = config_add_spec(&env->cfg, c->spec, env->err, sizeof env->err);
+
+		snprintf(prefix, sizeof prefix, "-L '%s': ", c->spec);
+		if (rc != -1 || strncmp(env->err, prefix, strlen(prefix)) != 0 ||
+		    strstr(env->err, c->reason) == NULL) {
+			print_error("case %zu: %s\nerror was \"%s\"\nexpected  \"%s...%s\"\n", i,
+				    c->spec, rc == 0 ? "(accepted)" : env->err, prefix, c->reason);
+			fail();
+		}
+	}
+	/* An interface that does not exist: when the table is finished. */
+	add(env, "tcp:[fe80::1%nosuch0]:8080:192.0.2.10:80");
+	assert_int_equal(config_finish(&env->cfg, env->err, sizeof env->err), -1);
+	assert_string_equal(env->err, "-L 'tcp:[fe80::1%nosuch0]:8080:192.0.2.10:80': forward "
+				      "\"tcp:8080\": external address \"fe80::1%nosuch0\": no network "
+				      "interface \"nosuch0\"");
+}
+
+/* ---- loops ------------------------------------------------------------------ */
+
+/* config_finish on specs must fail with an error that contains `words`. */
+static void check_refused(struct env *env, const char *const *specs, size_t count,
+			  const char *words)
+{
+	config_free(&env->cfg);
+	for (size_t i = 0; i < count; i++)
+		add(env, specs[i]);
+	env->err[0] = '\0';
+	if (config_finish(&env->cfg, env->err, sizeof env->err) != -1 ||
+	    strstr(env->err, words) == NULL) {
+		print_error("%s...: error was \"%s\"\nexpected \"%s\"\n", specs[0], env->err, words);
+		fail();
+	}
+}
+
+#define REFUSED(words, ...)                                                              \
+	check_refused(env, (const char *const[]){ __VA_ARGS__ },                          \
+		      sizeof((const char *const[]){ __VA_ARGS__ }) / sizeof(const char *), words)
+
+static void test_a_spec_into_its_own_listener_is_refused(void **state)
+{
+	struct env *env = *state;
+
+	add(env, "tcp:127.0.0.1:23456:127.0.0.1:23456");
+	assert_int_equal(config_finish(&env->cfg, env->err, sizeof env->err), -1);
+	assert_string_equal(env->err, "-L 'tcp:127.0.0.1:23456:127.0.0.1:23456': forward "
+				      "\"tcp:23456\": its tcp target 127.0.0.1:23456 is its own "
+				      "listener: it would loop through the relay");
+
+	REFUSED("its tcp target 127.0.0.1:23456 is its own listener",
+		"tcp:0.0.0.0:23456:127.0.0.1:23456");
+	REFUSED("its tcp target 127.0.0.1:23456 is its own listener", "tcp:23456:127.0.0.1:23456");
+	REFUSED("its udp target 127.0.0.1:23456 is its own listener",
+		"udp:127.0.0.1:23456:127.0.0.1:23456");
+	REFUSED("its udp target [::1]:5353 is its own listener", "udp:[::]:5353:[::1]:5353");
+	REFUSED("is its own listener", "both:[::]:23456:localhost:23456");
+	REFUSED("its tcp target 127.0.0.1:23455 is its own listener",
+		"tcp:23450-23460:127.0.0.1:23455-23465");
+	/* Another forward's listener: a loop through the relay too, at least one hop. */
+	REFUSED("forward \"tcp:8080\": its tcp target 127.0.0.1:23455 is the listener of forward "
+		"\"tcp:23450-23460\" (-L 'tcp:23450-23460:192.0.2.10:23450-23460')",
+		"tcp:23450-23460:192.0.2.10:23450-23460", "tcp:8080:127.0.0.1:23455");
+	REFUSED("forward \"udp:8080\": its udp target 127.0.0.1:9090 is the listener of forward "
+		"\"both:9090\"", "udp:8080:127.0.0.1:9090", "both:127.0.0.1:9090:192.0.2.10:80");
+	REFUSED("its tcp target 127.0.0.1:9090 is the listener of forward \"tcp:9090\"",
+		"tcp:8080:127.0.0.1:9090", "tcp:9090:127.0.0.1:8080");
+	REFUSED("is the listener of forward \"ftp:2121\"",
+		"ftp:2121:192.0.2.10:21", "tcp:8080:127.0.0.1:2121");
+
+	/* Not loops: another protocol, a port beside the range, another loopback address. */
+	config_free(&env->cfg);
+	add(env, "tcp:23450-23460:192.0.2.10:23450-23460");
+	add(env, "tcp:8080:127.0.0.1:23461");
+	add(env, "udp:8081:127.0.0.1:23455");
+	add(env, "tcp:127.0.0.1:8082:127.0.0.2:8082");
+	finish(env);
+}
+
+/* ---- admission defaults ----------------------------------------------------- */
+
+static void test_spec_forwards_get_the_admission_defaults(void **state)
+{
+	const struct forward *fwd = add(*state, "both:5000:192.0.2.10:5000");
+
+	assert_int_equal(fwd->max_connections, 0);
+	assert_int_equal(fwd->max_connections_per_source, 256);
+	assert_int_equal(fwd->max_flows_per_source, 1024);
+	assert_int_equal(fwd->acl.count, 0);
+	assert_false(fwd->freebind);
 }
 
 #define TEST(name) cmocka_unit_test_setup_teardown(name, env_setup, env_teardown)
@@ -360,6 +500,11 @@ int main(void)
 		TEST(test_unresolvable_spec_host_names_the_spec),
 		TEST(test_overlapping_specs_name_both),
 		TEST(test_ten_thousand_specs_finish_quickly),
+		TEST(test_scoped_ipv6_internal_host_in_brackets),
+		TEST(test_scoped_ipv6_external_address_in_brackets),
+		TEST(test_bad_scopes_are_rejected),
+		TEST(test_a_spec_into_its_own_listener_is_refused),
+		TEST(test_spec_forwards_get_the_admission_defaults),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
