@@ -694,11 +694,19 @@ static int config_check_target(const struct forward *fwd, const struct config_li
 	uint16_t first = fwd->internal_port_first, last = fwd->internal_port_last;
 	struct net_addr target = config_reached_address(&fwd->internal_addr);
 	const struct forward *warned = NULL;
-	size_t end = 0;
+	size_t end = 0, high = set->count;
 
-	/* The listeners starting at or before `last`; from the top, while any can reach `first`. */
-	while (end < set->count && set->by_port[end]->external_port_first <= last)
-		end++;
+	/*
+	 * end: how many listeners start at or before `last` (a binary search);
+	 * then down from there, while any can still reach `first`.
+	 */
+	while (end < high) {
+		size_t middle = end + (high - end) / 2;
+		if (set->by_port[middle]->external_port_first <= last)
+			end = middle + 1;
+		else
+			high = middle;
+	}
 	for (size_t i = end; i-- > 0 && set->max_last[i] >= first;) {
 		const struct forward *listener = set->by_port[i];
 		enum forward_proto shared = (enum forward_proto)(listener->proto & fwd->proto);
