@@ -17,6 +17,7 @@
 #include <ctype.h>
 #include <string.h>
 
+#include "portrelay/acl.h"
 #include "portrelay/config.h"
 #include "portrelay/net.h"
 
@@ -72,6 +73,16 @@ static void check_forwards(const struct config *cfg, bool finished)
 		CHECK(memchr(fwd->internal_host, '\0', sizeof fwd->internal_host) != NULL);
 		CHECK(memchr(fwd->external_host, '\0', sizeof fwd->external_host) != NULL);
 		CHECK(!fwd->ftp || fwd->proto == FORWARD_TCP);
+		/* Source rules: within bounds, each a network (no host bits set). */
+		CHECK(fwd->acl.count <= ACL_MAX_ENTRIES);
+		for (unsigned e = 0; e < fwd->acl.count; e++) {
+			const struct acl_entry *entry = &fwd->acl.entries[e];
+			unsigned bits = entry->family == AF_INET ? 32 : 128;
+			CHECK(entry->family == AF_INET || entry->family == AF_INET6);
+			CHECK(entry->prefix_len <= bits);
+			for (unsigned b = entry->prefix_len; b < 128; b++)
+				CHECK(!(entry->addr[b / 8] & (0x80u >> (b % 8))));
+		}
 		if (!finished)
 			continue;
 		CHECK(fwd->internal_port_first >= 1);

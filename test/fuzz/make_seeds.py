@@ -185,6 +185,11 @@ SPEC_SEEDS = {
                "udp:[::]:9000-9100:[::1]:19000-19100\n",
     "errors": "tcp:70000:127.0.0.1:80\nudp:1-10:127.0.0.1:5-9\ntcp:[::1:80:1.2.3.4:80\n"
               "ftp:21:[fd00::1]\nsctp:1:1.1.1.1:1\n",
+    "scoped": "udp:[::1]:5353:[fe80::1%lo]:53\ntcp:[fe80::1%1]:8080:[fe80::2%lo]:80\n"
+              "udp:[::1]:5354:[fe80::1%]:53\ntcp:[fe80::1%nosuch0]:8081:[::1]:80\n",
+    "loops": "tcp:127.0.0.1:23456:127.0.0.1:23456\nudp:[::]:5353:[::1]:5353\n"
+             "tcp:23450-23460:192.0.2.10:23450-23460\ntcp:8080:127.0.0.1:23455\n"
+             "both:9090:0.0.0.0:9090\n",
 }
 
 CONFIG_SEEDS = {
@@ -203,6 +208,18 @@ CONFIG_SEEDS = {
            '  ftp_data_ports = "32000-32009"; } );\n',
     "errors": 'forwards = ( { name = "a"; protocol = "tcp"; external_port = 70000; internal_ip = "1.2.3.4"; },\n'
               '  { name = "b"; protocol = "udp"; external_port = 1; internal_ip = "1.2.3.4"; ftp = true; typo = 1; } );\n',
+    "admission": 'max_connections = 5000;\nuser = "root";\ngroup = 0;\n'
+                 'tcp = { keepalive = 120; };\nudp = { unreplied_timeout = 7.5; max_flows = 0; };\n'
+                 'forwards = (\n  { name = "web"; protocol = "both"; external_port = 8080;\n'
+                 '    internal_ip = "192.0.2.10"; max_connections = 100;\n'
+                 '    max_connections_per_source = 0; max_flows_per_source = 16;\n'
+                 '    allow = [ "192.168.0.0/16", "2001:db8::/32", "::ffff:10.0.0.0/104" ];\n'
+                 '    deny = ( "0.0.0.0/0", "::/0" ); freebind = true; },\n'
+                 '  { name = "loop"; protocol = "udp"; external_address = "[fe80::1%lo]";\n'
+                 '    external_port = 5353; internal_ip = "[::1]"; deny = [ "10.0.0.1/8" ]; }\n);\n',
+    "loop": 'forwards = ( { protocol = "tcp"; external_port = 23456; internal_ip = "127.0.0.1"; },\n'
+            '  { protocol = "udp"; external_address = "127.0.0.1"; external_port = "5000-5009";\n'
+            '    internal_ip = "0.0.0.0"; internal_port = "4995-5004"; } );\n',
 }
 
 
