@@ -835,6 +835,11 @@ def test_under_load(tmp):
     finally:
         stop.set()
         for s in streams:
+            # shutdown, unlike close, ends the connection under a blocked recv.
+            try:
+                s.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             s.sock.close()
         code = relay.stop()
         check(code == 0, f'relay exits 0 ({code})')
