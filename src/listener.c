@@ -14,10 +14,12 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "portrelay/acl.h"
 #include "portrelay/config.h"
 #include "portrelay/log.h"
 #include "portrelay/relay.h"
 #include "portrelay/ruleset.h"
+#include "portrelay/source_table.h"
 #include "portrelay/tcp_relay.h"
 
 /* Connections accepted per wake-up of one listener before others get a turn. */
@@ -25,6 +27,10 @@
 /* First and longest pause after EMFILE/ENFILE. */
 #define FD_BACKOFF_FIRST_MS 100
 #define FD_BACKOFF_MAX_MS 1000
+/* While max_connections are open: how often to look again. */
+#define LIMIT_RETRY_MS 20
+/* Refusals (limits, allow/deny) are logged at most this often per set. */
+#define REFUSAL_LOG_MS 1000
 
 struct listener {
 	int fd;                        /* -1 while borrowing: the fd is taken_from's */
@@ -33,6 +39,14 @@ struct listener {
 	uint16_t port;
 	struct listener_set *set;
 	struct listener *taken_from;   /* prepared: the current listener whose socket it takes */
+};
+
+/* Why an accepted client was refused; each is logged on its own. */
+enum listener_refusal {
+	LISTENER_DENIED,
+	LISTENER_SOURCE_LIMIT,
+	LISTENER_FORWARD_LIMIT,
+	LISTENER_REFUSALS,
 };
 
 struct listener_set {
@@ -48,6 +62,12 @@ struct listener_set {
 	bool paused;
 	bool exhausted;
 	unsigned backoff_ms;
+	/* Admission refusals, per reason: since the last log line, and when that was. */
+	struct listener_refusal_log {
+		uint64_t logged_ms;
+		uint64_t unlogged;
+	} refusal_log[LISTENER_REFUSALS];
+	bool at_max_connections;       /* waiting for a place under max_connections */
 };
 
 static void listener_set_enable(struct listener_set *set, bool enable)
@@ -122,18 +142,118 @@ static void listener_set_fds_recovered(struct listener_set *set)
 		 (double)(relay_now_ms() - atomic_load(&episode->started_ms)) / 1000.0);
 }
 
+/*
+ * A refusal, logged at most once a second per worker with how many it
+ * stands for; under a flood this runs once per connection and formats
+ * nothing in between.
+ */
+static void listener_log_refusal(struct listener_set *set, const struct forward *fwd,
+				 enum listener_refusal reason, const struct net_addr *client)
+{
+	static const char *const why[LISTENER_REFUSALS] = {
+		[LISTENER_DENIED] = "denied by allow/deny",
+		[LISTENER_SOURCE_LIMIT] = "max_connections_per_source reached",
+		[LISTENER_FORWARD_LIMIT] = "the forward's max_connections reached",
+	};
+	struct listener_refusal_log *log = &set->refusal_log[reason];
+	uint64_t now = relay_now_ms();
+	log->unlogged++;
+	if (log->logged_ms != 0 && now - log->logged_ms < REFUSAL_LOG_MS)
+		return;
+	char text[NET_ADDR_STRLEN];
+	log_warn(fwd->name, "refused %s: %s (%llu such refusals in this worker since the last "
+		 "such line)", net_addr_format(client, text, sizeof text), why[reason],
+		 (unsigned long long)log->unlogged);
+	log->logged_ms = now;
+	log->unlogged = 0;
+}
+
+/*
+ * Whether a place under max_connections is free (taken then): when all are
+ * in use, accepting pauses and the clients wait in the kernel's listen
+ * backlog, to be accepted as places free up (each worker looks again every
+ * LIMIT_RETRY_MS). They are not refused: the limit protects the process,
+ * not a policy against them.
+ */
+static bool listener_take_place(struct listener_set *set)
+{
+	struct relay_options *options = &set->ctx->options;
+	if (atomic_fetch_add(options->tcp_open_total, 1) < options->max_connections) {
+		if (set->at_max_connections) {
+			set->at_max_connections = false;
+			log_info(NULL, "below max_connections (%u) again: accepting", options->max_connections);
+		}
+		return true;
+	}
+	atomic_fetch_sub(options->tcp_open_total, 1);
+	if (!set->at_max_connections) {
+		set->at_max_connections = true;
+		relay_ctx_process_counters(set->ctx)->tcp_max_connections_reached++;
+		log_warn(NULL, "max_connections (%u) open: new connections wait in the listen backlog",
+			 options->max_connections);
+	}
+	set->paused = true;
+	listener_set_enable(set, false);
+	struct timeval delay = relay_ms_to_timeval(LIMIT_RETRY_MS);
+	event_add(set->backoff_timer, &delay);
+	return false;
+}
+
+/*
+ * The forward's own limits for one accepted client: allow/deny, then
+ * max_connections_per_source, then the forward's max_connections. A client
+ * over one of them is reset at once (it learns right away, and costs
+ * nothing more); counted and logged. On success the client holds its
+ * places (released by tcp_relay when the session ends).
+ */
+static bool listener_admit(struct listener_set *set, const struct forward *fwd,
+			   const struct net_addr *client)
+{
+	struct relay_counters *counters = relay_ctx_counters(set->ctx, fwd);
+	const struct sockaddr *sa = (const struct sockaddr *)&client->ss;
+	if (!acl_allows(&fwd->acl, sa)) {
+		counters->tcp_denied++;
+		listener_log_refusal(set, fwd, LISTENER_DENIED, client);
+		return false;
+	}
+	uint8_t source[ACL_SOURCE_KEY_LEN];
+	acl_source_key(sa, source);
+	if (!source_table_take(set->ctx->options.sources, fwd->stats, source,
+			       fwd->max_connections_per_source)) {
+		counters->tcp_refused_source_limit++;
+		listener_log_refusal(set, fwd, LISTENER_SOURCE_LIMIT, client);
+		return false;
+	}
+	if (fwd->max_connections != 0 &&
+	    atomic_fetch_add(&fwd->stats->tcp_open, 1) >= fwd->max_connections) {
+		atomic_fetch_sub(&fwd->stats->tcp_open, 1);
+		if (fwd->max_connections_per_source != 0)
+			source_table_release(set->ctx->options.sources, fwd->stats, source);
+		counters->tcp_refused_forward_limit++;
+		listener_log_refusal(set, fwd, LISTENER_FORWARD_LIMIT, client);
+		return false;
+	}
+	if (fwd->max_connections == 0)
+		atomic_fetch_add(&fwd->stats->tcp_open, 1);
+	return true;
+}
+
 static void listener_on_accept(evutil_socket_t fd, short what, void *arg)
 {
 	struct listener *listener = arg;
 	struct listener_set *set = listener->set;
+	const struct forward *fwd = listener->forward;
 	(void)what;
 
 	relay_ctx_note_activity(set->ctx);
 	for (int i = 0; i < ACCEPTS_PER_WAKEUP && !set->paused; i++) {
+		if (!listener_take_place(set))
+			return;
 		struct net_addr client_addr = { .len = sizeof client_addr.ss };
 		int client_fd = accept4(fd, (struct sockaddr *)&client_addr.ss, &client_addr.len,
 					SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (client_fd < 0) {
+			atomic_fetch_sub(set->ctx->options.tcp_open_total, 1);
 			if (errno == EAGAIN || errno == EWOULDBLOCK)
 				return;
 			if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
@@ -144,12 +264,15 @@ static void listener_on_accept(evutil_socket_t fd, short what, void *arg)
 			if (errno == ECONNABORTED || errno == EINTR || errno == EPERM ||
 			    errno == EPROTO)
 				continue;
-			log_warn(listener->forward->name, "accept on port %u: %s", listener->port,
-				 strerror(errno));
+			log_warn(fwd->name, "accept on port %u: %s", listener->port, strerror(errno));
 			return;
 		}
-		if (tcp_session_start(set->ctx, listener->forward, listener->port, client_fd,
-				      &client_addr) < 0) {
+		if (!listener_admit(set, fwd, &client_addr)) {
+			atomic_fetch_sub(set->ctx->options.tcp_open_total, 1);
+			net_close_reset(client_fd);
+			continue;
+		}
+		if (tcp_session_start(set->ctx, fwd, listener->port, client_fd, &client_addr) < 0) {
 			listener_set_pause_for_fds(set);
 			return;
 		}
@@ -278,6 +401,10 @@ void listener_set_commit(struct listener_set *set, struct listener_set *current)
 			from->fd = -1;
 			listener->taken_from = NULL;
 		}
+		/* Accepted connections inherit it; a reload may have changed it. */
+		if (net_set_keepalive(listener->fd, set->ctx->config->tcp_keepalive) < 0)
+			log_warn(listener->forward->name, "cannot set tcp.keepalive on port %u: %s",
+				 listener->port, strerror(errno));
 		listener->event = event_new(set->ctx->base, listener->fd, EV_READ | EV_PERSIST,
 					    listener_on_accept, listener);
 		if (listener->event == NULL)

@@ -183,20 +183,6 @@ static unsigned long raise_fd_limit(void)
 	return (unsigned long)limit.rlim_cur;
 }
 
-/* Sockets one worker binds: a TCP listener and/or a UDP socket per port. */
-static unsigned long sockets_per_worker(const struct config *cfg)
-{
-	unsigned long sockets = 0;
-	for (size_t i = 0; i < cfg->forward_count; i++) {
-		const struct forward *fwd = &cfg->forwards[i];
-		if (fwd->enabled)
-			sockets += forward_port_count(fwd) *
-				   (unsigned long)(((fwd->proto & FORWARD_TCP) ? 1 : 0) +
-						   ((fwd->proto & FORWARD_UDP) ? 1 : 0));
-	}
-	return sockets;
-}
-
 /*
  * workers = 0 means one per CPU. Every worker binds every port, so a huge
  * range times many workers could eat the descriptors meant for
@@ -206,7 +192,7 @@ static unsigned choose_workers(const struct config *cfg, unsigned long fd_limit)
 {
 	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
 	unsigned wanted = cfg->workers != 0 ? cfg->workers : (cpus > 0 ? (unsigned)cpus : 1);
-	unsigned long sockets = sockets_per_worker(cfg);
+	unsigned long sockets = worker_sockets_needed(cfg);
 	unsigned long affordable = sockets > 0 ? (fd_limit / 2) / sockets : wanted;
 	if (affordable < 1)
 		affordable = 1;
@@ -216,33 +202,6 @@ static unsigned choose_workers(const struct config *cfg, unsigned long fd_limit)
 		wanted = (unsigned)affordable;
 	}
 	return wanted;
-}
-
-/*
- * Every UDP flow's socket is connected from a local port of its own, taken
- * from net.ipv4.ip_local_port_range for the whole host: flow limits beyond
- * that range cannot be reached, and a user should hear it at start-up.
- */
-static void warn_udp_port_budget(const struct config *cfg)
-{
-	unsigned long flows = 0;
-	for (size_t i = 0; i < cfg->forward_count; i++) {
-		if (cfg->forwards[i].enabled && (cfg->forwards[i].proto & FORWARD_UDP))
-			flows += cfg->udp_max_flows;
-	}
-	FILE *range = fopen("/proc/sys/net/ipv4/ip_local_port_range", "r");
-	unsigned low = 0, high = 0;
-	if (flows == 0 || range == NULL || fscanf(range, "%u %u", &low, &high) != 2 || high < low) {
-		if (range != NULL)
-			fclose(range);
-		return;
-	}
-	fclose(range);
-	unsigned long ports = high - low + 1;
-	if (flows > ports)
-		log_warn(NULL, "udp.max_flows allows %lu flows, but each takes a local port and "
-			 "net.ipv4.ip_local_port_range (%u-%u) has %lu for the whole host",
-			 flows, low, high, ports);
 }
 
 /* What the signal handlers of the running relay work on. */
@@ -360,7 +319,6 @@ static int run(struct config *config, const struct config_sources *sources,
 	       bool log_level_fixed, unsigned long fd_limit)
 {
 	unsigned workers = choose_workers(config, fd_limit);
-	warn_udp_port_budget(config);
 	struct ruleset *rules = ruleset_new(config, NULL, workers);
 	if (rules == NULL) {
 		log_error(NULL, "out of memory");

@@ -52,6 +52,13 @@ static const struct metric_row metric_table[] = {
 	{ "tcp_drain_closed_total", "counter",
 	  "TCP connections of a removed or changed forward closed at drain_timeout.", NULL, NULL,
 	  FIELD(tcp_drain_closed), FORWARD_TCP },
+	{ "tcp_refused_total", "counter",
+	  "TCP clients refused (reset) at accept, by reason.", "reason", "denied",
+	  FIELD(tcp_denied), FORWARD_TCP },
+	{ "tcp_refused_total", NULL, NULL, "reason", "source_limit",
+	  FIELD(tcp_refused_source_limit), FORWARD_TCP },
+	{ "tcp_refused_total", NULL, NULL, "reason", "forward_limit",
+	  FIELD(tcp_refused_forward_limit), FORWARD_TCP },
 	{ "tcp_bytes_total", "counter", "Bytes relayed over TCP, by direction.", "direction",
 	  "to_internal", FIELD(bytes_to_internal), FORWARD_TCP },
 	{ "tcp_bytes_total", NULL, NULL, "direction", "to_client", FIELD(bytes_to_client),
@@ -62,6 +69,9 @@ static const struct metric_row metric_table[] = {
 	  FIELD(udp_flows_created), FORWARD_UDP },
 	{ "udp_flows_expired_total", "counter", "UDP flows closed after their idle timeout.",
 	  NULL, NULL, FIELD(udp_flows_expired), FORWARD_UDP },
+	{ "udp_flows_evicted_total", "counter",
+	  "UDP flows not yet assured, closed to make room for a new client.", NULL, NULL,
+	  FIELD(udp_flows_evicted), FORWARD_UDP },
 	{ "udp_flows_drain_closed_total", "counter",
 	  "UDP flows of a removed or changed forward closed at drain_timeout.", NULL, NULL,
 	  FIELD(udp_drain_closed), FORWARD_UDP },
@@ -79,6 +89,12 @@ static const struct metric_row metric_table[] = {
 	  FIELD(udp_dropped_send), FORWARD_UDP },
 	{ "udp_dropped_datagrams_total", NULL, NULL, "reason", "forward_removed",
 	  FIELD(udp_dropped_removed), FORWARD_UDP },
+	{ "udp_dropped_datagrams_total", NULL, NULL, "reason", "denied",
+	  FIELD(udp_denied), FORWARD_UDP },
+	{ "udp_dropped_datagrams_total", NULL, NULL, "reason", "source_limit",
+	  FIELD(udp_dropped_source_limit), FORWARD_UDP },
+	{ "udp_dropped_datagrams_total", NULL, NULL, "reason", "flow_budget",
+	  FIELD(udp_dropped_flow_budget), FORWARD_UDP },
 	{ "udp_port_unreachable_total", "counter",
 	  "ICMP port unreachable errors from the internal host.", NULL, NULL,
 	  FIELD(udp_refused), FORWARD_UDP },
@@ -189,6 +205,10 @@ void metrics_write_prometheus(FILE *out, const struct metrics_process *process,
 		    "Episodes of running out of file descriptors (accepting paused).");
 	fprintf(out, METRIC_PREFIX "fd_exhaustions_total %llu\n",
 		(unsigned long long)process->counters.accept_fd_exhausted);
+	prom_header(out, "max_connections_reached_total", "counter",
+		    "Episodes with max_connections open (new clients waited in the backlog).");
+	fprintf(out, METRIC_PREFIX "max_connections_reached_total %llu\n",
+		(unsigned long long)process->counters.tcp_max_connections_reached);
 
 	for (size_t first = 0; first < METRIC_ROWS;) {
 		size_t end = metric_family_end(first);
@@ -306,8 +326,9 @@ void metrics_write_json(FILE *out, const struct metrics_process *process,
 	fprintf(out, ",\"reloads_total\":{\"success\":%llu,\"failure\":%llu}",
 		(unsigned long long)process->reloads_succeeded,
 		(unsigned long long)process->reloads_failed);
-	fprintf(out, ",\"fd_exhaustions_total\":%llu,\"forwards\":[",
-		(unsigned long long)process->counters.accept_fd_exhausted);
+	fprintf(out, ",\"fd_exhaustions_total\":%llu,\"max_connections_reached_total\":%llu"
+		",\"forwards\":[", (unsigned long long)process->counters.accept_fd_exhausted,
+		(unsigned long long)process->counters.tcp_max_connections_reached);
 	for (size_t f = 0; f < count; f++) {
 		fputs(f == 0 ? "{" : ",{", out);
 		json_rule(out, forwards[f].forward);

@@ -247,6 +247,24 @@ int net_socket_error(int fd)
 	return error;
 }
 
+int net_set_keepalive(int fd, unsigned idle_seconds)
+{
+	int on = idle_seconds > 0;
+	if (setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on) < 0)
+		return -1;
+	if (!on)
+		return 0;
+	/* Five probes a fifth of the idle time apart: a vanished peer is gone in about 2x idle. */
+	int idle = (int)idle_seconds;
+	int interval = idle / 5 > 0 ? idle / 5 : 1;
+	int count = 5;
+	if (setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle) < 0 ||
+	    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof interval) < 0 ||
+	    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof count) < 0)
+		return -1;
+	return 0;
+}
+
 void net_close_reset(int fd)
 {
 	struct linger linger = { .l_onoff = 1, .l_linger = 0 };

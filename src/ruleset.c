@@ -31,6 +31,7 @@ static struct forward_stats *forward_stats_new(struct ruleset_family *family, un
 	memset(stats, 0, size);
 	atomic_init(&stats->refs, 1);
 	atomic_init(&stats->udp_flows_open, 0);
+	atomic_init(&stats->tcp_open, 0);
 	stats->family = family;
 	stats->worker_count = workers;
 	atomic_fetch_add(&family->refs, 1);

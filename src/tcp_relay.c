@@ -23,11 +23,13 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "portrelay/acl.h"
 #include "portrelay/config.h"
 #include "portrelay/ftp_helper.h"
 #include "portrelay/log.h"
 #include "portrelay/pump.h"
 #include "portrelay/relay.h"
+#include "portrelay/source_table.h"
 
 enum session_state {
 	SESSION_CONNECTING,
@@ -57,6 +59,7 @@ struct tcp_session {
 	socklen_t client_addr_len;
 	uint16_t external_port;       /* the forward's port it came in on */
 	unsigned char kind;               /* enum session_kind */
+	bool source_counted;              /* holds a place under max_connections_per_source */
 	uint64_t started_ms;              /* relay_now_ms() */
 	uint64_t last_active_ms;
 };
@@ -141,6 +144,23 @@ static uint64_t session_bytes_to_client(const struct tcp_session *session)
 							: session->to_client.bytes;
 }
 
+/*
+ * Gives back the places a session held (taken by the listener's admission,
+ * or by tcp_session_start_data): one under max_connections, one under the
+ * forward's, and its source's if counted.
+ */
+static void session_release_places(struct relay_ctx *ctx, const struct forward *fwd,
+				   bool source_counted, const struct sockaddr *client)
+{
+	atomic_fetch_sub(ctx->options.tcp_open_total, 1);
+	atomic_fetch_sub(&fwd->stats->tcp_open, 1);
+	if (source_counted) {
+		uint8_t source[ACL_SOURCE_KEY_LEN];
+		acl_source_key(client, source);
+		source_table_release(ctx->options.sources, fwd->stats, source);
+	}
+}
+
 static void session_close(struct tcp_session *session, bool reset_client, bool reset_internal)
 {
 	struct relay_ctx *ctx = session->ctx;
@@ -148,6 +168,8 @@ static void session_close(struct tcp_session *session, bool reset_client, bool r
 	TAILQ_REMOVE(&ctx->sessions, session, link);
 	ctx->session_count--;
 	session_counters(session)->tcp_active--;
+	session_release_places(ctx, session->forward, session->source_counted,
+			       &session->client_addr.sa);
 	relay_ctx_release_forward(ctx, session->forward);
 	if (session->kind == SESSION_FTP_CONTROL)
 		ftp_helper_free(session_ftp(session)->helper);
@@ -525,9 +547,12 @@ int tcp_session_start(struct relay_ctx *ctx, const struct forward *fwd, uint16_t
 						  fwd->ftp ? SESSION_FTP_CONTROL : SESSION_PLAIN);
 	if (session == NULL) {
 		log_warn(fwd->name, "out of memory for a new connection; closing it");
+		session_release_places(ctx, fwd, fwd->max_connections_per_source != 0,
+				       (const struct sockaddr *)&client_addr->ss);
 		net_close_reset(client_fd);
 		return -1;
 	}
+	session->source_counted = fwd->max_connections_per_source != 0;
 
 	session->external_port = port;
 	struct net_addr internal_addr = forward_internal_addr(fwd, port);
@@ -539,9 +564,13 @@ void tcp_session_start_data(struct relay_ctx *ctx, const struct forward *fwd,
 {
 	enum session_kind kind = channel->accepted_from_server ? SESSION_FTP_DATA_ACTIVE
 							       : SESSION_FTP_DATA;
+	/* A data connection counts under max_connections, but is part of a session admitted already. */
+	atomic_fetch_add(ctx->options.tcp_open_total, 1);
+	atomic_fetch_add(&fwd->stats->tcp_open, 1);
 	struct tcp_session *session = session_new(ctx, fwd, channel->accepted_fd,
 						  &channel->accepted_addr, kind);
 	if (session == NULL) {
+		session_release_places(ctx, fwd, false, NULL);
 		ftp_link_data_closed(channel->link);
 		log_warn(fwd->name, "out of memory for an ftp data connection; closing it");
 		net_close_reset(channel->accepted_fd);

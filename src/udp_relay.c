@@ -13,6 +13,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <event2/event.h>
 #include <netinet/in.h>
@@ -22,11 +23,13 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "portrelay/acl.h"
 #include "portrelay/config.h"
 #include "portrelay/flow_table.h"
 #include "portrelay/log.h"
 #include "portrelay/net.h"
 #include "portrelay/relay.h"
+#include "portrelay/source_table.h"
 #include "portrelay/udp_batch.h"
 
 /* Batches read per wake-up of an external socket before others get a turn. */
@@ -35,6 +38,8 @@
 #define UDP_FLOWS_PER_WAKEUP 64
 /* Rate limit for "table full" and "cannot open flow" warnings. */
 #define UDP_WARN_INTERVAL_MS 1000
+/* A flow without a reply is pushed out for a newcomer only after this long quiet. */
+#define UDP_EVICT_MIN_IDLE_MS 1000
 
 struct udp_forward;
 
@@ -75,16 +80,26 @@ struct udp_flow {
 	socklen_t client_len;
 	union net_sockaddr client;
 	struct udp_local local;
+	bool replied;                  /* the internal host has answered */
+	bool source_counted;           /* in the source table (max_flows_per_source) */
+	/* Until replied: in the forward's unreplied list, least recently active first. */
+	TAILQ_ENTRY(udp_flow) unreplied_link;
 	uint64_t created_ms;
 	uint32_t datagrams_to_internal;
 	uint32_t datagrams_to_client;
 };
+
+TAILQ_HEAD(udp_flow_list, udp_flow);
+
 
 /* Why new clients' datagrams were dropped; each reason is logged on its own. */
 enum udp_drop_reason {
 	UDP_DROP_TABLE_FULL,
 	UDP_DROP_NO_SOCKET,
 	UDP_DROP_REMOVED,
+	UDP_DROP_DENIED,
+	UDP_DROP_SOURCE_LIMIT,
+	UDP_DROP_PROCESS_LIMIT,
 	UDP_DROP_REASONS,
 };
 
@@ -94,8 +109,16 @@ struct udp_forward {
 	struct udp_relay *relay;
 	const struct forward *fwd;     /* in the current rules, unless draining */
 	struct flow_table flows;
+	/*
+	 * Flows the internal host has not answered yet, least recently active
+	 * first: they expire after unreplied_timeout_ms, and make room for a
+	 * newcomer when the table is full (those idle for UDP_EVICT_MIN_IDLE_MS
+	 * at least). A flow with two-way traffic is never pushed out.
+	 */
+	struct udp_flow_list unreplied;
 	struct event *expiry_timer;
 	uint64_t idle_timeout_ms;
+	uint64_t unreplied_timeout_ms;     /* never longer than idle_timeout_ms */
 	unsigned max_flows;
 	atomic_uint *flows_open;       /* this forward's flows in every worker */
 	struct relay_counters *counters;  /* the forward's block in this worker */
@@ -156,7 +179,15 @@ static void udp_flow_free(struct udp_forward *forward, struct udp_flow *flow, co
 			  (double)(relay_now_ms() - flow->created_ms) / 1000.0, reason);
 	}
 	flow_table_remove(&forward->flows, &flow->entry);
+	if (!flow->replied)
+		TAILQ_REMOVE(&forward->unreplied, flow, unreplied_link);
+	if (flow->source_counted) {
+		uint8_t source[ACL_SOURCE_KEY_LEN];
+		acl_source_key(&flow->client.sa, source);
+		source_table_release(forward->ctx->options.sources, forward->fwd->stats, source);
+	}
 	atomic_fetch_sub(forward->flows_open, 1);
+	atomic_fetch_sub(forward->ctx->options.udp_flows_total, 1);
 	close(flow->fd);   /* also leaves the epoll set: the fd is not shared */
 	free(flow);
 }
@@ -185,15 +216,23 @@ static void udp_forward_free(struct udp_forward *forward);
 
 static void udp_expiry_arm(struct udp_forward *forward, uint64_t now_ms)
 {
+	uint64_t due = UINT64_MAX;
 	struct flow_entry *oldest = flow_table_oldest(&forward->flows);
-	if (oldest == NULL)
+	if (oldest != NULL)
+		due = oldest->last_active_ms + forward->idle_timeout_ms;
+	struct udp_flow *unreplied = TAILQ_FIRST(&forward->unreplied);
+	if (unreplied != NULL && unreplied->entry.last_active_ms + forward->unreplied_timeout_ms < due)
+		due = unreplied->entry.last_active_ms + forward->unreplied_timeout_ms;
+	if (due == UINT64_MAX)
 		return;
-	uint64_t due = oldest->last_active_ms + forward->idle_timeout_ms;
 	struct timeval tv = relay_ms_to_timeval(due > now_ms ? due - now_ms : 0);
 	event_add(forward->expiry_timer, &tv);
 }
 
-/* Closes the flows idle past the timeout, oldest first, then re-arms. */
+/*
+ * Closes the flows idle past the timeout, oldest first, and those that
+ * never got a reply past unreplied_timeout, then re-arms.
+ */
 static void udp_on_expiry(evutil_socket_t fd, short what, void *arg)
 {
 	struct udp_forward *forward = arg;
@@ -206,6 +245,12 @@ static void udp_on_expiry(evutil_socket_t fd, short what, void *arg)
 		forward->counters->udp_flows_expired++;
 		udp_flow_free(forward, udp_flow_of(oldest), "idle timeout");
 	}
+	struct udp_flow *unreplied;
+	while ((unreplied = TAILQ_FIRST(&forward->unreplied)) != NULL &&
+	       now - unreplied->entry.last_active_ms >= forward->unreplied_timeout_ms) {
+		forward->counters->udp_flows_expired++;
+		udp_flow_free(forward, unreplied, "no reply within udp.unreplied_timeout");
+	}
 	if (forward->draining && flow_table_count(&forward->flows) == 0) {
 		udp_forward_free(forward);   /* its timer too: nothing touches it after this */
 		return;
@@ -216,6 +261,19 @@ static void udp_on_expiry(evutil_socket_t fd, short what, void *arg)
 static void udp_flow_touch(struct udp_forward *forward, struct udp_flow *flow)
 {
 	flow_table_touch(&forward->flows, &flow->entry, relay_now_ms());
+	if (!flow->replied && TAILQ_NEXT(flow, unreplied_link) != NULL) {
+		TAILQ_REMOVE(&forward->unreplied, flow, unreplied_link);
+		TAILQ_INSERT_TAIL(&forward->unreplied, flow, unreplied_link);
+	}
+}
+
+/* The internal host answered: two-way traffic, never pushed out by a newcomer. */
+static void udp_flow_replied(struct udp_forward *forward, struct udp_flow *flow)
+{
+	if (flow->replied)
+		return;
+	flow->replied = true;
+	TAILQ_REMOVE(&forward->unreplied, flow, unreplied_link);
 }
 
 /* Reads the destination address of a datagram from its control messages. */
@@ -295,6 +353,7 @@ static void udp_flow_take_replies(struct udp_relay *udp, struct udp_flow *flow,
 	if (received <= 0)
 		return;
 	replies->received += (unsigned)received;
+	udp_flow_replied(forward, flow);
 
 	/* The flows' sockets are read without control messages: the slots are free. */
 	socklen_t control_len = 0;
@@ -361,25 +420,82 @@ static void udp_on_flow_sockets(evutil_socket_t fd, short what, void *arg)
 	udp_send_replies(udp, &replies);
 }
 
+/* Drops a new client's datagram for `reason`, counted and logged at most once a second. */
+static struct udp_flow *udp_refuse(struct udp_forward *forward, uint64_t *counter,
+				   enum udp_drop_reason reason, const char *what, int error)
+{
+	(*counter)++;
+	udp_warn_limited(forward, reason, what, error);
+	return NULL;
+}
+
+/*
+ * Makes room for a newcomer: closes this worker's least recently active
+ * flow of the forward that never got a reply, if it has been quiet for
+ * UDP_EVICT_MIN_IDLE_MS (a burst of new clients must not push one another
+ * out before any could get its answer). False when there is none.
+ */
+static bool udp_evict_one(struct udp_forward *forward)
+{
+	struct udp_flow *victim = TAILQ_FIRST(&forward->unreplied);
+	if (victim == NULL || relay_now_ms() - victim->entry.last_active_ms < UDP_EVICT_MIN_IDLE_MS)
+		return false;
+	forward->counters->udp_flows_evicted++;
+	udp_flow_free(forward, victim, "evicted for a new client (table full)");
+	return true;
+}
+
+/*
+ * Takes one place under a shared limit, evicting one flow of this forward
+ * that never got a reply if it is full. Two workers cannot both take the last
+ * place: the place is taken first and given back if it was beyond.
+ */
+static bool udp_take_place(struct udp_forward *forward, atomic_uint *open, unsigned limit)
+{
+	for (int attempt = 0; attempt < 2; attempt++) {
+		if (atomic_fetch_add(open, 1) < limit)
+			return true;
+		atomic_fetch_sub(open, 1);
+		if (attempt == 0 && !udp_evict_one(forward))
+			return false;
+	}
+	return false;
+}
+
 static struct udp_flow *udp_flow_open(struct udp_port *port, const struct flow_key *key,
 				      uint32_t hash, const union net_sockaddr *client,
 				      socklen_t client_len)
 {
 	struct udp_forward *forward = port->forward;
+	struct relay_options *options = &forward->ctx->options;
+	struct relay_counters *counters = forward->counters;
 
-	if (forward->draining) {
-		forward->counters->udp_dropped_removed++;
-		udp_warn_limited(forward, UDP_DROP_REMOVED,
-				 "forward removed by a reload, serving its open flows only", 0);
-		return NULL;
+	if (forward->draining)
+		return udp_refuse(forward, &counters->udp_dropped_removed, UDP_DROP_REMOVED,
+				  "forward removed by a reload, serving its open flows only", 0);
+	if (!acl_allows(&forward->fwd->acl, &client->sa))
+		return udp_refuse(forward, &counters->udp_denied, UDP_DROP_DENIED,
+				  "client denied by allow/deny", 0);
+	uint8_t source[ACL_SOURCE_KEY_LEN];
+	acl_source_key(&client->sa, source);
+	unsigned per_source = forward->fwd->max_flows_per_source;
+	if (!source_table_take(options->sources, forward->fwd->stats, source, per_source))
+		return udp_refuse(forward, &counters->udp_dropped_source_limit,
+				  UDP_DROP_SOURCE_LIMIT, "client at max_flows_per_source", 0);
+	if (!udp_take_place(forward, forward->flows_open, forward->max_flows)) {
+		if (per_source != 0)
+			source_table_release(options->sources, forward->fwd->stats, source);
+		return udp_refuse(forward, &counters->udp_dropped_table_full, UDP_DROP_TABLE_FULL,
+				  "flow table full (udp.max_flows), no unanswered flow to make room", 0);
 	}
-	/* Take a place first, so that two workers cannot both take the last one. */
-	if (atomic_fetch_add(forward->flows_open, 1) >= forward->max_flows) {
+	if (!udp_take_place(forward, options->udp_flows_total, options->max_udp_flows)) {
 		atomic_fetch_sub(forward->flows_open, 1);
-		forward->counters->udp_dropped_table_full++;
-		udp_warn_limited(forward, UDP_DROP_TABLE_FULL, "flow table full (udp.max_flows)", 0);
-		return NULL;
+		if (per_source != 0)
+			source_table_release(options->sources, forward->fwd->stats, source);
+		return udp_refuse(forward, &counters->udp_dropped_flow_budget, UDP_DROP_PROCESS_LIMIT,
+				  "the process's descriptors for UDP flows are all in use", 0);
 	}
+
 	struct udp_flow *flow = calloc(1, sizeof *flow);
 	if (flow == NULL)
 		goto fail;
@@ -398,11 +514,15 @@ static struct udp_flow *udp_flow_open(struct udp_port *port, const struct flow_k
 	memcpy(&flow->client, client, client_len);
 	flow->client_len = client_len;
 	flow->created_ms = now;
+	flow->source_counted = per_source != 0;
 	if (flow_table_insert(&forward->flows, &flow->entry, now) < 0)
 		goto fail;
-	if (!evtimer_pending(forward->expiry_timer, NULL))
+	bool first_unreplied = TAILQ_EMPTY(&forward->unreplied);
+	TAILQ_INSERT_TAIL(&forward->unreplied, flow, unreplied_link);
+	/* Its unreplied timeout may come before what the timer waits for now. */
+	if (first_unreplied || !evtimer_pending(forward->expiry_timer, NULL))
 		udp_expiry_arm(forward, now);
-	forward->counters->udp_flows_created++;
+	counters->udp_flows_created++;
 	return flow;
 fail:;
 	/*
@@ -411,14 +531,16 @@ fail:;
 	 */
 	int error = errno;
 	atomic_fetch_sub(forward->flows_open, 1);
-	forward->counters->udp_flow_failed++;
-	udp_warn_limited(forward, UDP_DROP_NO_SOCKET, "cannot open a flow socket", error);
+	atomic_fetch_sub(options->udp_flows_total, 1);
+	if (per_source != 0)
+		source_table_release(options->sources, forward->fwd->stats, source);
 	if (flow != NULL) {
 		if (flow->fd >= 0)
 			close(flow->fd);
 		free(flow);
 	}
-	return NULL;
+	return udp_refuse(forward, &counters->udp_flow_failed, UDP_DROP_NO_SOCKET,
+			  "cannot open a flow socket", error);
 }
 
 /* The flow of received datagram i: found, or opened for a new client. */
@@ -618,7 +740,11 @@ static void udp_forward_follow(struct udp_forward *forward, const struct forward
 	forward->idle_timeout_ms = (uint64_t)(fwd->udp_idle_timeout * 1000.0);
 	if (forward->idle_timeout_ms == 0)
 		forward->idle_timeout_ms = 1;
-	forward->max_flows = ctx->config->udp_max_flows;
+	forward->unreplied_timeout_ms = (uint64_t)(ctx->config->udp_unreplied_timeout * 1000.0);
+	if (forward->unreplied_timeout_ms == 0 || forward->unreplied_timeout_ms > forward->idle_timeout_ms)
+		forward->unreplied_timeout_ms = forward->idle_timeout_ms;
+	/* Automatic (0): the process's budget for flows is the only bound. */
+	forward->max_flows = ctx->config->udp_max_flows != 0 ? ctx->config->udp_max_flows : UINT_MAX;
 	forward->flows_open = &fwd->stats->udp_flows_open;
 	forward->counters = relay_ctx_counters(ctx, fwd);
 }
@@ -632,6 +758,7 @@ static struct udp_forward *udp_forward_new(struct udp_relay *udp, const struct f
 		goto oom;
 	forward->ctx = ctx;
 	forward->relay = udp;
+	TAILQ_INIT(&forward->unreplied);
 	udp_forward_follow(forward, fwd);
 	forward->ports = calloc(forward_port_count(fwd), sizeof *forward->ports);
 	if (forward->ports == NULL || flow_table_init(&forward->flows) < 0)

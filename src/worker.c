@@ -6,6 +6,8 @@
 #include <errno.h>
 #include <event2/event.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -13,6 +15,7 @@
 #include <unistd.h>
 
 #include "portrelay/listener.h"
+#include "portrelay/source_table.h"
 #include "portrelay/log.h"
 #include "portrelay/tcp_relay.h"
 #include "portrelay/udp_relay.h"
@@ -76,6 +79,12 @@ struct worker_pool {
 	pthread_cond_t mail_changed;
 	atomic_ullong reloads_succeeded;
 	atomic_ullong reloads_failed;
+	/* Admission control shared by the workers (struct relay_options). */
+	struct source_table *sources;
+	atomic_uint tcp_open_total;
+	atomic_uint udp_flows_total;
+	unsigned max_connections;
+	unsigned max_udp_flows;
 	/* worker_pool_drain: the shutdown_timeout deadline, on the main thread. */
 	struct event *drain_deadline;
 	double drain_timeout;
@@ -393,7 +402,86 @@ static struct relay_options worker_options(struct worker_pool *pool, const struc
 		unsigned long pipes = fd_limit / 16 / count;
 		options.max_pipes = pipes > WORKER_PIPES_MIN ? (unsigned)pipes : WORKER_PIPES_MIN;
 	}
+	options.sources = pool->sources;
+	options.tcp_open_total = &pool->tcp_open_total;
+	options.max_connections = pool->max_connections;
+	options.udp_flows_total = &pool->udp_flows_total;
+	options.max_udp_flows = pool->max_udp_flows;
 	return options;
+}
+
+unsigned long worker_sockets_needed(const struct config *cfg)
+{
+	unsigned long sockets = 0;
+	for (size_t i = 0; i < cfg->forward_count; i++) {
+		const struct forward *fwd = &cfg->forwards[i];
+		if (fwd->enabled)
+			sockets += forward_port_count(fwd) *
+				   (unsigned long)(((fwd->proto & FORWARD_TCP) ? 1 : 0) +
+						   ((fwd->proto & FORWARD_UDP) ? 1 : 0));
+	}
+	return sockets;
+}
+
+/* The local ports UDP flows may take: net.ipv4.ip_local_port_range's size; 0 if unknown. */
+static unsigned long worker_local_ports(void)
+{
+	FILE *range = fopen("/proc/sys/net/ipv4/ip_local_port_range", "re");
+	unsigned low = 0, high = 0;
+	bool known = range != NULL && fscanf(range, "%u %u", &low, &high) == 2 && high >= low;
+	if (range != NULL)
+		fclose(range);
+	return known ? high - low + 1 : 0;
+}
+
+/*
+ * The descriptor budget. Set aside first: every worker's bound sockets and
+ * splice pipes (two descriptors each, at most), and a margin for the rest
+ * (event loops, the admin endpoint, FTP data listeners, ports a reload
+ * adds). What is left is shared: a TCP connection takes two descriptors, a
+ * UDP flow one. Each side gets a part of its own, so that a flood of one
+ * can never take the descriptors of the other: when both protocols are
+ * forwarded, 60% for TCP and 40% for UDP; a protocol not forwarded at
+ * start-up keeps 10% (a reload may add it). An explicit max_connections
+ * takes what it needs and leaves UDP the rest. UDP flows also stay within
+ * 90% of the local port range, since each holds one of its ports.
+ */
+static void worker_pool_size_budgets(struct worker_pool *pool, const struct config *cfg,
+				     unsigned count, unsigned long fd_limit)
+{
+	bool tcp = false, udp = false;
+	for (size_t i = 0; i < cfg->forward_count; i++) {
+		tcp |= cfg->forwards[i].enabled && (cfg->forwards[i].proto & FORWARD_TCP);
+		udp |= cfg->forwards[i].enabled && (cfg->forwards[i].proto & FORWARD_UDP);
+	}
+	struct relay_options one = worker_options(pool, cfg, count, fd_limit, 0);
+	unsigned long fixed = worker_sockets_needed(cfg) * count +
+			      2ul * one.max_pipes * count + 64 + fd_limit / 32;
+	unsigned long spare = fd_limit > fixed + 32 ? fd_limit - fixed : 32;
+	unsigned long tcp_share = tcp && udp ? 60 : tcp ? 90 : 10;
+	unsigned long connections = spare * tcp_share / 100 / 2;
+	if (cfg->max_connections != 0) {
+		connections = cfg->max_connections;
+		if (connections * 2 > spare)
+			log_warn(NULL, "max_connections %u needs %lu descriptors; %lu are left after "
+				 "listening sockets and pipes (open-files limit %lu): connections "
+				 "beyond that will fail", cfg->max_connections, connections * 2, spare,
+				 fd_limit);
+	}
+	unsigned long flows = spare > connections * 2 ? spare - connections * 2 : 0;
+	if (cfg->max_connections == 0)
+		flows = spare * (100 - tcp_share) / 100;
+	unsigned long ports = worker_local_ports();
+	if (ports != 0 && flows > ports * 9 / 10)
+		flows = ports * 9 / 10;
+	if (udp && flows < 16)
+		flows = 16;
+	pool->max_connections = connections > UINT_MAX ? UINT_MAX : (unsigned)connections;
+	pool->max_udp_flows = flows > UINT_MAX ? UINT_MAX : (unsigned)flows;
+	log_info(NULL, "admission: up to %u tcp connections and %u udp flows at once "
+		 "(open-files limit %lu, %lu descriptors set aside for listening sockets, pipes "
+		 "and the rest)", pool->max_connections, pool->max_udp_flows, fd_limit,
+		 fd_limit - spare < fd_limit ? fd_limit - spare : fd_limit);
 }
 
 static int worker_open(struct worker *worker, struct ruleset *rules, unsigned count,
@@ -462,11 +550,15 @@ struct worker_pool *worker_pool_open(struct ruleset *rules, unsigned count,
 	pthread_mutex_init(&pool->mail_lock, NULL);
 	pthread_cond_init(&pool->mail_changed, NULL);
 	pool->rules = ruleset_ref(rules);
+	atomic_init(&pool->tcp_open_total, 0);
+	atomic_init(&pool->udp_flows_total, 0);
+	pool->sources = source_table_new();
 	pool->workers = calloc(count, sizeof *pool->workers);
-	if (pool->workers == NULL) {
+	if (pool->workers == NULL || pool->sources == NULL) {
 		worker_pool_free(pool);
 		return NULL;
 	}
+	worker_pool_size_budgets(pool, &rules->cfg, count, fd_limit);
 	/* Workers bind in order, so worker 0's probe runs before anyone shares. */
 	for (unsigned i = 0; i < count; i++) {
 		struct worker *worker = &pool->workers[pool->count++];
@@ -638,6 +730,7 @@ void worker_pool_free(struct worker_pool *pool)
 			event_base_free(worker->base);
 	}
 	free(pool->workers);
+	source_table_free(pool->sources);
 	ruleset_unref(pool->rules);
 	pthread_cond_destroy(&pool->mail_changed);
 	pthread_mutex_destroy(&pool->mail_lock);

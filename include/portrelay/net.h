@@ -115,4 +115,11 @@ int net_socket_error(int fd);
 /* Close fd so that the peer sees a reset rather than a FIN (SO_LINGER 0). */
 void net_close_reset(int fd);
 
+/*
+ * TCP keepalive: probes after idle_seconds without traffic, five of them a
+ * fifth of that apart; 0 turns it off. On a listening socket it is
+ * inherited by every accepted connection (no cost per connection).
+ */
+int net_set_keepalive(int fd, unsigned idle_seconds);
+
 #endif

@@ -33,6 +33,7 @@
 struct event_base;
 struct event;
 struct listener_set;
+struct source_table;
 struct tcp_session;
 struct udp_relay;
 
@@ -64,6 +65,17 @@ struct relay_options {
 	struct fd_episode *fd_episode;
 	enum net_share share;          /* several workers bind the same ports */
 	unsigned max_pipes;            /* splice pipes in use at once; 0 = no splicing */
+	/*
+	 * Admission control, shared by every worker. The process's budgets
+	 * (max_connections, max_udp_flows: main.c sizes them from the
+	 * descriptor limit) keep UDP flows and TCP connections from starving
+	 * each other; counted when a connection or flow opens and closes.
+	 */
+	struct source_table *sources;  /* per-source counts */
+	atomic_uint *tcp_open_total;   /* TCP sessions open in every worker */
+	unsigned max_connections;
+	atomic_uint *udp_flows_total;  /* UDP flows open in every worker */
+	unsigned max_udp_flows;
 };
 
 struct relay_ctx {

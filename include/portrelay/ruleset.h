@@ -36,6 +36,8 @@ struct forward_stats {
 	atomic_uint refs;                  /* forwards of live rulesets that use it */
 	/* UDP flows open in every worker: udp.max_flows holds for the process. */
 	atomic_uint udp_flows_open;
+	/* TCP connections open in every worker: the forward's max_connections. */
+	atomic_uint tcp_open;
 	struct ruleset_family *family;
 	unsigned worker_count;
 	struct forward_stats_block per_worker[];

@@ -19,6 +19,9 @@
 
 struct worker_pool;
 
+/* Sockets one worker binds for cfg: a TCP listener and/or a UDP socket per port. */
+unsigned long worker_sockets_needed(const struct config *cfg);
+
 /*
  * Opens `count` workers running rules (a reference is taken), each binding
  * every port of the enabled forwards. fd_limit sizes the splice pipe pools.

@@ -141,7 +141,7 @@ static void test_port_in_use_exits_1_with_reason(void **state)
 	assert_true(asprintf(&t,
 			     "forwards = (\n"
 			     "  { name = \"taken\"; protocol = \"tcp\"; external_address = \"127.0.0.1\";\n"
-			     "    external_port = %u; internal_ip = \"127.0.0.1\"; internal_port = %u; }\n"
+			     "    external_port = %u; internal_ip = \"127.0.0.2\"; internal_port = %u; }\n"
 			     ");\n",
 			     port, port) > 0);
 	const char *extra[] = { "-l", "debug", NULL };

@@ -507,7 +507,21 @@ static void test_fd_exhaustion_pauses_accept_and_recovers(void **state)
 	fx_require_relay();
 	struct tserver *echo = fx_echo_server(fx, AF_INET);
 	fx->nofile = EXH_NOFILE;
-	uint16_t port = fx_start_tcp_forward(fx, "fdx", AF_INET, tserver_port(echo), 5.0, 0.0, true);
+	/*
+	 * An explicit max_connections beyond what the descriptors allow: the
+	 * automatic one would stop accepting before they ran out (tested in
+	 * test_max_connections_waits_in_backlog), and this test is about what
+	 * happens when they do.
+	 */
+	char *t = NULL;
+	assert_true(asprintf(&t, "max_connections = 1000;\n"
+			     "tcp = { connect_timeout = 5.0; idle_timeout = 0.0; splice = true; };\n"
+			     "forwards = (\n"
+			     "  { name = \"fdx\"; protocol = \"tcp\"; external_address = \"127.0.0.1\";\n"
+			     "    external_port = @P0@; internal_ip = \"127.0.0.1\"; internal_port = %u; }\n"
+			     ");\n", tserver_port(echo)) > 0);
+	uint16_t port = fx_start_relay(fx, 1, PORTS_V4, t);
+	free(t);
 
 	int *held = fx_calloc(fx, EXH_MAX_CONNS * sizeof *held);
 	int nheld = 0, relayed = 0;

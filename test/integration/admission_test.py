@@ -1,0 +1,494 @@
+#!/usr/bin/env python3
+"""Integration tests of admission control, through the real binary on loopback.
+
+    admission_test.py limits  allow/deny (TCP reset at accept, UDP no flow),
+                              max_connections_per_source (the 11th from one
+                              address is reset, another address still gets
+                              in), a forward's max_connections, the global
+                              max_connections (clients wait in the backlog and
+                              are served when a place frees), a client that
+                              resets while the relay connects frees its
+                              descriptors at once, a self-loop is refused
+    admission_test.py flood   a UDP flood from thousands of source ports and
+                              source addresses (127.x.y.z) with the default
+                              limits: established flows keep every reply, TCP
+                              is still accepted, descriptors and memory stay
+                              bounded; the figures are printed
+
+PORTRELAY_BIN names the binary (meson sets it); without it the test skips
+(exit 77). Traffic goes to 127.0.0.0/8 only; every loop is bounded in count
+and time; waits are on log lines and socket events with deadlines that only
+stop a hang.
+"""
+import os
+import random
+import re
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+BIN = os.environ.get('PORTRELAY_BIN')
+SKIP = 77
+failures = []
+LINE_TIMEOUT = 15.0
+IO_TIMEOUT = 10.0
+
+
+def check(cond, what):
+    print(('ok     ' if cond else 'FAILED ') + what, flush=True)
+    if not cond:
+        failures.append(what)
+    return cond
+
+
+def free_port():
+    """A port free for TCP and UDP on 127.0.0.1, below the ephemeral range."""
+    for _ in range(200):
+        port = random.randint(20000, 31999)
+        try:
+            with socket.socket() as t, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                t.bind(('127.0.0.1', port))
+                u.bind(('127.0.0.1', port))
+                return port
+        except OSError:
+            continue
+    raise RuntimeError('no free port')
+
+
+class Relay:
+    """The relay on a config text, started on its `ready` line, stopped by PID."""
+
+    def __init__(self, tmp, config_text, args=(), expect_ready=True):
+        self.path = os.path.join(tmp, 'portrelay.conf')
+        with open(self.path, 'w') as f:
+            f.write(config_text)
+        self.proc = subprocess.Popen([BIN, '-c', self.path, *args], stderr=subprocess.PIPE,
+                                     text=True)
+        self.log = []
+        self.cond = threading.Condition()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        if expect_ready and not self.wait_line(' ready: '):
+            self.stop()
+            raise RuntimeError('relay not ready:\n' + ''.join(self.log))
+
+    def _read(self):
+        for line in self.proc.stderr:
+            with self.cond:
+                self.log.append(line)
+                self.cond.notify_all()
+            if os.environ.get('PORTRELAY_TEST_QUIET') != '1':
+                sys.stderr.write('relay| ' + line)
+        with self.cond:
+            self.cond.notify_all()
+
+    def count(self, needle):
+        with self.cond:
+            return sum(needle in line for line in self.log)
+
+    def wait_line(self, needle, count=1, timeout=LINE_TIMEOUT):
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while sum(needle in line for line in self.log) < count:
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and not self.reader.is_alive()):
+                    return False
+                self.cond.wait(min(left, 0.2))
+            return True
+
+    def fds(self):
+        return len(os.listdir('/proc/%d/fd' % self.proc.pid))
+
+    def rss_kib(self):
+        with open('/proc/%d/status' % self.proc.pid) as f:
+            for line in f:
+                if line.startswith('VmRSS:'):
+                    return int(line.split()[1])
+        return -1
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            self.proc.send_signal(signal.SIGINT)
+        code = self.proc.wait(10)
+        self.reader.join(5)
+        return code
+
+
+def tcp_echo_server(host='127.0.0.1'):
+    """A TCP echo server in a thread; returns its port."""
+    lsock = socket.socket()
+    lsock.bind((host, 0))
+    lsock.listen(512)
+
+    def serve(conn):
+        with conn:
+            while True:
+                try:
+                    data = conn.recv(65536)
+                except OSError:
+                    return
+                if not data:
+                    return
+                conn.sendall(data)
+
+    def loop():
+        while True:
+            conn, _ = lsock.accept()
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+    threading.Thread(target=loop, daemon=True).start()
+    return lsock.getsockname()[1]
+
+
+def udp_echo_server():
+    """A UDP echo server in a thread; returns its port."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(('127.0.0.1', 0))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+
+    def loop():
+        while True:
+            data, peer = sock.recvfrom(65536)
+            try:
+                sock.sendto(data, peer)
+            except OSError:
+                pass
+    threading.Thread(target=loop, daemon=True).start()
+    return sock.getsockname()[1]
+
+
+def connect_from(source, port):
+    s = socket.socket()
+    s.settimeout(IO_TIMEOUT)
+    s.bind((source, 0))
+    s.connect(('127.0.0.1', port))
+    return s
+
+
+def echoes(sock, payload=b'ping'):
+    """Whether the connection relays: the echo comes back (False on reset or EOF)."""
+    try:
+        sock.sendall(payload)
+        got = b''
+        while len(got) < len(payload):
+            chunk = sock.recv(len(payload) - len(got))
+            if not chunk:
+                return False
+            got += chunk
+        return got == payload
+    except OSError:
+        return False
+
+
+def udp_echoes(port, source='127.0.0.1', payload=b'u', sock=None, wait=1.0):
+    own = sock is None
+    if own:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind((source, 0))
+    sock.settimeout(wait)
+    try:
+        sock.sendto(payload, ('127.0.0.1', port))
+        data = sock.recv(65536)
+        return data == payload
+    except OSError:
+        return False
+    finally:
+        if own:
+            sock.close()
+
+
+def forward(name, proto, ext_port, int_port, extra=''):
+    return ('  { name = "%s"; protocol = "%s"; external_address = "127.0.0.1"; '
+            'external_port = %d; internal_ip = "127.0.0.1"; internal_port = %d; %s }'
+            % (name, proto, ext_port, int_port, extra))
+
+
+def conf(forwards, extra=''):
+    return '%s\nforwards = (\n%s\n);\n' % (extra, ',\n'.join(forwards))
+
+
+# ---- limits -------------------------------------------------------------------
+
+def test_acl(tmp):
+    echo = tcp_echo_server()
+    uecho = udp_echo_server()
+    port = free_port()
+    relay = Relay(tmp, conf([forward('acl', 'tcp', port, echo,
+                                     'deny = ["127.0.0.2/32", "127.0.9.0/24"];')]))
+    try:
+        # TCP: the denied client is reset at accept; others relay.
+        ok = connect_from('127.0.0.1', port)
+        check(echoes(ok), 'acl: 127.0.0.1 (no entry matches: default allow) relays over TCP')
+        denied = connect_from('127.0.0.2', port)
+        check(not echoes(denied), 'acl: 127.0.0.2 (deny 127.0.0.2/32) is refused over TCP')
+        denied9 = connect_from('127.0.9.7', port)
+        check(not echoes(denied9), 'acl: 127.0.9.7 (deny 127.0.9.0/24) is refused over TCP')
+        check(relay.wait_line('denied by allow/deny'), 'acl: the refusal is logged')
+        # The UDP echo server answers the relay's flow, so a reply means a flow.
+        relay2_port = free_port()
+        relay.stop()
+        relay = Relay(tmp, conf([forward('uacl', 'udp', relay2_port, uecho,
+                                         'deny = ["127.0.0.2/32"];')]))
+        check(udp_echoes(relay2_port, '127.0.0.1'), 'acl: 127.0.0.1 gets a UDP flow')
+        check(not udp_echoes(relay2_port, '127.0.0.2', wait=0.5),
+              'acl: 127.0.0.2 (denied) gets no UDP flow')
+        check(relay.wait_line('client denied by allow/deny'), 'acl: the UDP refusal is logged')
+        ok.close()
+        denied.close()
+        denied9.close()
+    finally:
+        check(relay.stop() == 0, 'acl: the relay exits 0')
+
+
+def test_per_source_and_forward_limits(tmp):
+    echo = tcp_echo_server()
+    port, port2 = free_port(), free_port()
+    relay = Relay(tmp, conf([
+        forward('src', 'tcp', port, echo, 'max_connections_per_source = 10;'),
+        forward('fwd', 'tcp', port2, echo, 'max_connections = 5; max_connections_per_source = 0;'),
+    ]))
+    held = []
+    try:
+        for i in range(10):
+            s = connect_from('127.0.0.1', port)
+            held.append(s)
+            if not echoes(s):
+                check(False, 'per source: connection %d of 10 from 127.0.0.1 relays' % (i + 1))
+                return
+        check(True, 'per source: 10 connections from 127.0.0.1 relay')
+        try:
+            eleventh = connect_from('127.0.0.1', port)
+            refused = not echoes(eleventh)
+        except ConnectionError:      # the reset may come before connect() returns
+            eleventh, refused = socket.socket(), True
+        check(refused, 'per source: the 11th from 127.0.0.1 is reset')
+        other = connect_from('127.0.0.3', port)
+        check(echoes(other), 'per source: 127.0.0.3 still gets in while 127.0.0.1 is at its limit')
+        check(relay.wait_line('max_connections_per_source reached'), 'per source: logged')
+        held[0].close()
+        # The place freed when the relay saw the close: bounded retry.
+        deadline, again = time.monotonic() + IO_TIMEOUT, False
+        while time.monotonic() < deadline and not again:
+            s = connect_from('127.0.0.1', port)
+            again = echoes(s)
+            held.append(s)
+            if not again:
+                time.sleep(0.05)
+        check(again, 'per source: a place freed by a close is taken again')
+
+        fwd_held = [connect_from('127.0.0.%d' % (10 + i), port2) for i in range(5)]
+        check(all(echoes(s) for s in fwd_held), "forward limit: 5 connections relay")
+        try:
+            sixth = connect_from('127.0.0.20', port2)
+            refused = not echoes(sixth)
+        except ConnectionError:      # the reset may come before connect() returns
+            sixth, refused = socket.socket(), True
+        check(refused, "forward limit: the 6th is reset (the forward's max_connections = 5)")
+        check(relay.wait_line("the forward's max_connections reached"), 'forward limit: logged')
+        held += fwd_held + [sixth, eleventh, other]
+    finally:
+        for s in held:
+            s.close()
+        check(relay.stop() == 0, 'limits: the relay exits 0')
+
+
+def test_global_max_connections_waits(tmp):
+    echo = tcp_echo_server()
+    port = free_port()
+    relay = Relay(tmp, conf([forward('g', 'tcp', port, echo, 'max_connections_per_source = 0;')],
+                            'max_connections = 4;'))
+    held = []
+    try:
+        held = [connect_from('127.0.0.1', port) for _ in range(4)]
+        check(all(echoes(s) for s in held), 'global: 4 connections relay')
+        waiting = connect_from('127.0.0.1', port)   # completes in the kernel's backlog
+        waiting.settimeout(0.8)
+        try:
+            waiting.sendall(b'w')
+            early = waiting.recv(1)
+        except socket.timeout:
+            early = None
+        check(early is None, 'global: the 5th waits (no echo while 4 are open)')
+        check(relay.wait_line('max_connections (4) open'), 'global: the wait is logged')
+        held[0].close()
+        waiting.settimeout(IO_TIMEOUT)
+        try:
+            late = waiting.recv(1)
+        except OSError:
+            late = None
+        check(late == b'w', 'global: the 5th is served once a place frees (its byte echoed)')
+        held.append(waiting)
+    finally:
+        for s in held:
+            s.close()
+        check(relay.stop() == 0, 'global: the relay exits 0')
+
+
+def test_reset_while_connecting(tmp):
+    # An internal server whose accept queue is full: SYNs go unanswered.
+    lsock = socket.socket()
+    lsock.bind(('127.0.0.1', 0))
+    lsock.listen(0)
+    fillers = []
+    for _ in range(3):
+        f = socket.socket()
+        f.setblocking(False)
+        try:
+            f.connect(lsock.getsockname())
+        except BlockingIOError:
+            pass
+        fillers.append(f)
+    port = free_port()
+    relay = Relay(tmp, conf([forward('slow', 'tcp', port, lsock.getsockname()[1])],
+                            'tcp = { connect_timeout = 60.0; };'))
+    try:
+        before = relay.fds()
+        c = connect_from('127.0.0.1', port)
+        c.sendall(b'request')
+        deadline = time.monotonic() + IO_TIMEOUT
+        while relay.fds() < before + 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        check(relay.fds() >= before + 2, 'connecting: the relay holds client and internal sockets')
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
+        c.close()
+        deadline = time.monotonic() + 2.0      # far below connect_timeout (60 s)
+        while relay.fds() > before and time.monotonic() < deadline:
+            time.sleep(0.02)
+        check(relay.fds() <= before,
+              'connecting: a client reset frees both descriptors at once, not at connect_timeout')
+    finally:
+        for f in fillers:
+            f.close()
+        lsock.close()
+        check(relay.stop() == 0, 'connecting: the relay exits 0')
+
+
+def test_self_loop_refused(tmp):
+    port = free_port()
+    for spec in ('tcp:127.0.0.1:%d:127.0.0.1:%d' % (port, port),
+                 'udp:127.0.0.1:%d:127.0.0.1:%d' % (port, port),
+                 'tcp:0.0.0.0:%d:127.0.0.1:%d' % (port, port)):
+        proc = subprocess.run([BIN, '-L', spec], capture_output=True, text=True, timeout=10)
+        check(proc.returncode == 1 and 'loop' in proc.stderr,
+              'self-loop: -L %s exits 1 naming the loop (%r)' % (spec, proc.stderr.strip()))
+
+
+# ---- flood --------------------------------------------------------------------
+
+def test_udp_flood(tmp):
+    uecho = udp_echo_server()
+    echo = tcp_echo_server()
+    port, tport = free_port(), free_port()
+    relay = Relay(tmp, conf([forward('dns', 'udp', port, uecho),
+                             forward('web', 'tcp', tport, echo)]))
+    budget = re.search(r'up to (\d+) tcp connections and (\d+) udp flows', ''.join(relay.log))
+    check(budget is not None, 'flood: the start-up log states the budgets')
+    flow_budget = int(budget.group(2)) if budget else 0
+    fds0, rss0 = relay.fds(), relay.rss_kib()
+
+    # Established clients: each sends, waits for its reply, and sends again.
+    established = []
+    for i in range(8):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(('127.0.1.%d' % (i + 1), 0))
+        established.append(s)
+    check(all(udp_echoes(port, sock=s, payload=b'e%d' % i) for i, s in enumerate(established)),
+          'flood: 8 established UDP clients get replies before the flood')
+
+    stop = threading.Event()
+    sent = [0]
+
+    def flood(sources):
+        # New source ports (and addresses) as fast as a thread can: each datagram a new flow.
+        deadline = time.monotonic() + 6.0
+        socks = []
+        while not stop.is_set() and time.monotonic() < deadline and sent[0] < 60000:
+            src = random.choice(sources)
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                s.bind((src, 0))
+                s.sendto(b'flood', ('127.0.0.1', port))
+                sent[0] += 1
+            except OSError:
+                pass
+            socks.append(s)
+            if len(socks) >= 200:
+                for old in socks:
+                    old.close()
+                socks = []
+        for old in socks:
+            old.close()
+
+    sources = ['127.0.0.1'] + ['127.%d.%d.%d' % (random.randint(2, 250), random.randint(0, 255),
+                                                 random.randint(1, 254)) for _ in range(3000)]
+    flooders = [threading.Thread(target=flood, args=(sources,)) for _ in range(2)]
+    for t in flooders:
+        t.start()
+
+    answered = asked = 0
+    tcp_ok = tcp_tries = 0
+    peak_fds = 0
+    deadline = time.monotonic() + 6.0
+    while time.monotonic() < deadline:
+        for i, s in enumerate(established):
+            asked += 1
+            answered += udp_echoes(port, sock=s, payload=b'e%d-%d' % (i, asked), wait=1.0)
+        tcp_tries += 1
+        try:
+            c = connect_from('127.0.0.1', tport)
+            tcp_ok += echoes(c)
+            c.close()
+        except OSError:
+            pass
+        peak_fds = max(peak_fds, relay.fds())
+    stop.set()
+    for t in flooders:
+        t.join(15)
+    rss1 = relay.rss_kib()
+    print('flood: %d datagrams from new sources in 6 s; established clients got %d of %d replies; '
+          'TCP %d of %d connections relayed; relay descriptors %d before, peak %d '
+          '(flow budget %d); RSS %d KiB before, %d KiB after'
+          % (sent[0], answered, asked, tcp_ok, tcp_tries, fds0, peak_fds, flow_budget, rss0, rss1),
+          flush=True)
+    check(sent[0] > 5000, 'flood: the flood sent thousands of datagrams (%d)' % sent[0])
+    check(answered == asked, 'flood: established flows got every reply (%d of %d)' % (answered, asked))
+    check(tcp_ok == tcp_tries, 'flood: TCP was accepted and relayed throughout (%d of %d)'
+          % (tcp_ok, tcp_tries))
+    check(peak_fds <= fds0 + flow_budget + 16,
+          'flood: descriptors stay within the flow budget (peak %d, budget %d)' % (peak_fds, flow_budget))
+    check(rss1 - rss0 < 64 * 1024, 'flood: RSS grew by less than 64 MiB (%d KiB)' % (rss1 - rss0))
+    check(relay.stop() == 0, 'flood: the relay exits 0')
+
+
+def main():
+    if not BIN:
+        print('PORTRELAY_BIN is not set; skipping')
+        return SKIP
+    part = sys.argv[1] if len(sys.argv) > 1 else 'limits'
+    tests = {
+        'limits': [test_self_loop_refused, test_acl, test_per_source_and_forward_limits,
+                   test_global_max_connections_waits, test_reset_while_connecting],
+        'flood': [test_udp_flood],
+    }[part]
+    with tempfile.TemporaryDirectory(prefix='portrelay-admission-') as tmp:
+        for test in tests:
+            print('== %s' % test.__name__, flush=True)
+            try:
+                test(tmp)
+            except Exception as e:      # a step failed in a way the test did not expect
+                check(False, '%s: %r' % (test.__name__, e))
+    if failures:
+        print('%d check(s) failed:' % len(failures))
+        for f in failures:
+            print('  ' + f)
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
