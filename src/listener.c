@@ -295,7 +295,8 @@ static int listener_prepare(struct listener_set *set, struct listener *listener,
 	}
 	struct net_addr addr = fwd->external_addr;
 	net_addr_set_port(&addr, port);
-	listener->fd = net_listen_tcp(&addr, SOMAXCONN, set->ctx->options.share);
+	enum net_share share = set->ctx->options.share | (fwd->freebind ? NET_FREEBIND : 0);
+	listener->fd = net_listen_tcp(&addr, SOMAXCONN, share);
 	if (listener->fd < 0) {
 		char where[NET_ADDR_STRLEN];
 		int error = errno;

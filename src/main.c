@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <grp.h>
 #include <unistd.h>
 
 #include "portrelay/admin.h"
@@ -204,6 +205,43 @@ static unsigned choose_workers(const struct config *cfg, unsigned long fd_limit)
 	return wanted;
 }
 
+/*
+ * user / group: once every socket is bound (ports below 1024 need root or
+ * CAP_NET_BIND_SERVICE), give up root for good: supplementary groups, then
+ * the group, then the user, each real, effective and saved, and check that
+ * it held (and that root cannot be had back). A relay told to drop that
+ * cannot does not run on as root: -1.
+ */
+static int drop_privileges(const struct config *cfg)
+{
+	if (!cfg->has_user && !cfg->has_group)
+		return 0;
+	gid_t gid = cfg->run_gid;
+	uid_t uid = cfg->has_user ? cfg->run_uid : geteuid();
+	if (setgroups(1, &gid) < 0 && !(errno == EPERM && getegid() == gid))
+		goto fail;
+	if (setresgid(gid, gid, gid) < 0 || setresuid(uid, uid, uid) < 0)
+		goto fail;
+	uid_t ruid, euid, suid;
+	gid_t rgid, egid, sgid;
+	if (getresuid(&ruid, &euid, &suid) < 0 || getresgid(&rgid, &egid, &sgid) < 0 ||
+	    ruid != uid || euid != uid || suid != uid || rgid != gid || egid != gid || sgid != gid ||
+	    (uid != 0 && setuid(0) == 0)) {
+		errno = EPERM;
+		goto fail;
+	}
+	log_info(NULL, "running as user %s (uid %u), group %s (gid %u)",
+		 cfg->has_user ? cfg->user : "(unchanged)", (unsigned)uid,
+		 cfg->has_group ? cfg->group : "(the user's)", (unsigned)gid);
+	return 0;
+fail:
+	log_error(NULL, "cannot run as user %s (uid %u), group %s (gid %u): %s; not running on "
+		  "with the privileges it was started with", cfg->has_user ? cfg->user : "(unchanged)",
+		  (unsigned)uid, cfg->has_group ? cfg->group : "(the user's)", (unsigned)gid,
+		  strerror(errno));
+	return -1;
+}
+
 /* What the signal handlers of the running relay work on. */
 struct service {
 	struct worker_pool *pool;
@@ -331,7 +369,9 @@ static int run(struct config *config, const struct config_sources *sources,
 		return EXIT_CONFIG;
 	}
 	struct admin *admin = NULL;
-	if (cfg->admin_listen[0] != '\0' && (admin = admin_open(cfg, pool)) == NULL) {
+	if ((cfg->admin_listen[0] != '\0' && (admin = admin_open(cfg, pool)) == NULL) ||
+	    drop_privileges(cfg) < 0) {
+		admin_free(admin);
 		worker_pool_free(pool);
 		ruleset_unref(rules);
 		return EXIT_CONFIG;

@@ -158,12 +158,21 @@ static int net_socket_for_bind(const struct net_addr *addr, int type)
 	return fd;
 }
 
+/* IP_FREEBIND (it covers IPv6 sockets too) when asked for. */
+static void net_set_freebind(int fd, enum net_share share)
+{
+	int on = 1;
+	if (share & NET_FREEBIND)
+		setsockopt(fd, IPPROTO_IP, IP_FREEBIND, &on, sizeof on);
+}
+
 /* A plain bind (no SO_REUSEPORT) that fails if anything holds addr. */
-static int net_probe_free(const struct net_addr *addr, int type)
+static int net_probe_free(const struct net_addr *addr, int type, enum net_share share)
 {
 	int fd = net_socket_for_bind(addr, type);
 	if (fd < 0)
 		return -1;
+	net_set_freebind(fd, share);
 	int on = 1;
 	/* TCP: ignore TIME_WAIT leftovers; UDP must not, it would share the port. */
 	if (type == SOCK_STREAM)
@@ -178,9 +187,11 @@ static int net_probe_free(const struct net_addr *addr, int type)
 static int net_prepare_share(int fd, const struct net_addr *addr, int type, enum net_share share)
 {
 	int on = 1;
-	if (share == NET_SHARED_FIRST && net_probe_free(addr, type) < 0)
+	enum net_share mode = (enum net_share)(share & NET_SHARE_MASK);
+	net_set_freebind(fd, share);
+	if (mode == NET_SHARED_FIRST && net_probe_free(addr, type, share) < 0)
 		return -1;
-	if (share != NET_EXCLUSIVE && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) < 0)
+	if (mode != NET_EXCLUSIVE && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) < 0)
 		return -1;
 	return 0;
 }

@@ -670,7 +670,9 @@ static int udp_port_open(struct udp_forward *forward, struct udp_port *port, uin
 			port->taken_from = existing;
 		}
 	} else {
-		port->fd = net_bind_udp(&addr, forward->ctx->options.share);
+		enum net_share share = forward->ctx->options.share |
+				       (fwd->freebind ? NET_FREEBIND : 0);
+		port->fd = net_bind_udp(&addr, share);
 	}
 	if (port->fd < 0) {
 		char where[NET_ADDR_STRLEN];

@@ -70,6 +70,12 @@ enum net_share {
 	NET_EXCLUSIVE,       /* one socket per port */
 	NET_SHARED_FIRST,    /* probe, then SO_REUSEPORT */
 	NET_SHARED,          /* SO_REUSEPORT, joining the first */
+	NET_SHARE_MASK = 3,
+	/*
+	 * Or'ed in: bind even if the address is not (yet) on the host
+	 * (IP_FREEBIND), for a WAN address that comes up after start.
+	 */
+	NET_FREEBIND = 4,
 };
 
 /*

@@ -8,7 +8,10 @@
                               max_connections (clients wait in the backlog and
                               are served when a place frees), a client that
                               resets while the relay connects frees its
-                              descriptors at once, a self-loop is refused
+                              descriptors at once, a self-loop is refused,
+                              `user` drops root (visible in /proc; one that
+                              cannot drop exits 1), `freebind` binds an
+                              address the host does not have
     admission_test.py flood   a UDP flood from thousands of source ports and
                               source addresses (127.x.y.z) with the default
                               limits: established flows keep every reply, TCP
@@ -185,6 +188,16 @@ def echoes(sock, payload=b'ping'):
         return False
 
 
+def refused(source, port):
+    """Whether a connection from source is reset (at connect() or at its first byte)."""
+    try:
+        s = connect_from(source, port)
+    except ConnectionError:
+        return True
+    with s:
+        return not echoes(s)
+
+
 def udp_echoes(port, source='127.0.0.1', payload=b'u', sock=None, wait=1.0):
     own = sock is None
     if own:
@@ -224,10 +237,8 @@ def test_acl(tmp):
         # TCP: the denied client is reset at accept; others relay.
         ok = connect_from('127.0.0.1', port)
         check(echoes(ok), 'acl: 127.0.0.1 (no entry matches: default allow) relays over TCP')
-        denied = connect_from('127.0.0.2', port)
-        check(not echoes(denied), 'acl: 127.0.0.2 (deny 127.0.0.2/32) is refused over TCP')
-        denied9 = connect_from('127.0.9.7', port)
-        check(not echoes(denied9), 'acl: 127.0.9.7 (deny 127.0.9.0/24) is refused over TCP')
+        check(refused('127.0.0.2', port), 'acl: 127.0.0.2 (deny 127.0.0.2/32) is refused over TCP')
+        check(refused('127.0.9.7', port), 'acl: 127.0.9.7 (deny 127.0.9.0/24) is refused over TCP')
         check(relay.wait_line('denied by allow/deny'), 'acl: the refusal is logged')
         # The UDP echo server answers the relay's flow, so a reply means a flow.
         relay2_port = free_port()
@@ -239,8 +250,6 @@ def test_acl(tmp):
               'acl: 127.0.0.2 (denied) gets no UDP flow')
         check(relay.wait_line('client denied by allow/deny'), 'acl: the UDP refusal is logged')
         ok.close()
-        denied.close()
-        denied9.close()
     finally:
         check(relay.stop() == 0, 'acl: the relay exits 0')
 
@@ -261,12 +270,7 @@ def test_per_source_and_forward_limits(tmp):
                 check(False, 'per source: connection %d of 10 from 127.0.0.1 relays' % (i + 1))
                 return
         check(True, 'per source: 10 connections from 127.0.0.1 relay')
-        try:
-            eleventh = connect_from('127.0.0.1', port)
-            refused = not echoes(eleventh)
-        except ConnectionError:      # the reset may come before connect() returns
-            eleventh, refused = socket.socket(), True
-        check(refused, 'per source: the 11th from 127.0.0.1 is reset')
+        check(refused('127.0.0.1', port), 'per source: the 11th from 127.0.0.1 is reset')
         other = connect_from('127.0.0.3', port)
         check(echoes(other), 'per source: 127.0.0.3 still gets in while 127.0.0.1 is at its limit')
         check(relay.wait_line('max_connections_per_source reached'), 'per source: logged')
@@ -274,7 +278,11 @@ def test_per_source_and_forward_limits(tmp):
         # The place freed when the relay saw the close: bounded retry.
         deadline, again = time.monotonic() + IO_TIMEOUT, False
         while time.monotonic() < deadline and not again:
-            s = connect_from('127.0.0.1', port)
+            try:
+                s = connect_from('127.0.0.1', port)
+            except ConnectionError:      # still refused: the reset came before connect() returned
+                time.sleep(0.05)
+                continue
             again = echoes(s)
             held.append(s)
             if not again:
@@ -283,14 +291,10 @@ def test_per_source_and_forward_limits(tmp):
 
         fwd_held = [connect_from('127.0.0.%d' % (10 + i), port2) for i in range(5)]
         check(all(echoes(s) for s in fwd_held), "forward limit: 5 connections relay")
-        try:
-            sixth = connect_from('127.0.0.20', port2)
-            refused = not echoes(sixth)
-        except ConnectionError:      # the reset may come before connect() returns
-            sixth, refused = socket.socket(), True
-        check(refused, "forward limit: the 6th is reset (the forward's max_connections = 5)")
+        check(refused('127.0.0.20', port2),
+              "forward limit: the 6th is reset (the forward's max_connections = 5)")
         check(relay.wait_line("the forward's max_connections reached"), 'forward limit: logged')
-        held += fwd_held + [sixth, eleventh, other]
+        held += fwd_held + [other]
     finally:
         for s in held:
             s.close()
@@ -376,6 +380,72 @@ def test_self_loop_refused(tmp):
         proc = subprocess.run([BIN, '-L', spec], capture_output=True, text=True, timeout=10)
         check(proc.returncode == 1 and 'loop' in proc.stderr,
               'self-loop: -L %s exits 1 naming the loop (%r)' % (spec, proc.stderr.strip()))
+
+
+def proc_ids(pid):
+    ids = {}
+    with open('/proc/%d/status' % pid) as f:
+        for line in f:
+            key, _, value = line.partition(':')
+            if key in ('Uid', 'Gid', 'Groups'):
+                ids[key] = value.split()
+    return ids
+
+
+def test_privilege_drop(tmp):
+    if os.geteuid() != 0:
+        print('not root: the privilege drop is not tested here', flush=True)
+        return
+    import pwd
+    nobody = pwd.getpwnam('nobody')
+    echo = tcp_echo_server()
+    low = random.randint(600, 1000)      # a privileged port: bound before the drop
+    relay = Relay(tmp, conf([forward('low', 'tcp', low, echo)], 'user = "nobody";'))
+    try:
+        ids = proc_ids(relay.proc.pid)
+        check(ids['Uid'] == [str(nobody.pw_uid)] * 4,
+              'privileges: real, effective, saved and fs uid are nobody\'s (%s)' % ids['Uid'])
+        check(ids['Gid'] == [str(nobody.pw_gid)] * 4,
+              'privileges: every gid is nobody\'s group (%s)' % ids['Gid'])
+        check(ids['Groups'] == [str(nobody.pw_gid)],
+              'privileges: no supplementary group of root left (%s)' % ids['Groups'])
+        c = connect_from('127.0.0.1', low)
+        check(echoes(c), 'privileges: port %d, bound as root, relays after the drop' % low)
+        c.close()
+    finally:
+        check(relay.stop() == 0, 'privileges: the relay exits 0')
+    # Told to drop but cannot (not root): it must not run on.
+    proc = subprocess.run(['setpriv', '--reuid=%d' % nobody.pw_uid, '--regid=%d' % nobody.pw_gid,
+                           '--clear-groups', BIN, '-L', 'tcp:127.0.0.1:%d:127.0.0.1:%d'
+                           % (free_port(), echo)] + ['-c', write_conf(tmp, 'user = "root";')],
+                          capture_output=True, text=True, timeout=10)
+    check(proc.returncode == 1 and 'cannot run as user root' in proc.stderr,
+          'privileges: a relay that cannot become the user it is told to exits 1 (%r)'
+          % proc.stderr.strip()[-120:])
+
+
+def write_conf(tmp, text):
+    path = os.path.join(tmp, 'only-globals.conf')
+    with open(path, 'w') as f:
+        f.write(text)
+    os.chmod(path, 0o644)
+    os.chmod(tmp, 0o755)
+    return path
+
+
+def test_freebind(tmp):
+    echo = tcp_echo_server()
+    port = free_port()
+    # 192.0.2.0/24 is TEST-NET-1: never an address of this host.
+    absent = forward('wan', 'tcp', port, echo).replace('"127.0.0.1"; external_port',
+                                                       '"192.0.2.77"; external_port', 1)
+    proc = subprocess.run([BIN, '-c', write_conf(tmp, conf([absent]))], capture_output=True,
+                          text=True, timeout=10)
+    check(proc.returncode == 1 and 'Cannot assign requested address' in proc.stderr,
+          'freebind: without it an address the host lacks cannot be bound (exit 1)')
+    relay = Relay(tmp, conf([absent.replace('}', 'freebind = true; }')]))
+    check(relay.proc.poll() is None, 'freebind: with it the forward binds 192.0.2.77 and runs')
+    check(relay.stop() == 0, 'freebind: the relay exits 0')
 
 
 # ---- flood --------------------------------------------------------------------
@@ -472,7 +542,8 @@ def main():
     part = sys.argv[1] if len(sys.argv) > 1 else 'limits'
     tests = {
         'limits': [test_self_loop_refused, test_acl, test_per_source_and_forward_limits,
-                   test_global_max_connections_waits, test_reset_while_connecting],
+                   test_global_max_connections_waits, test_reset_while_connecting,
+                   test_privilege_drop, test_freebind],
         'flood': [test_udp_flood],
     }[part]
     with tempfile.TemporaryDirectory(prefix='portrelay-admission-') as tmp:
