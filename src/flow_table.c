@@ -25,13 +25,19 @@ void flow_key_set(struct flow_key *key, const struct sockaddr *client, uint16_t 
 		const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)client;
 		key->client_port = sin6->sin6_port;
 		memcpy(key->client_ip, &sin6->sin6_addr, 16);
+		key->client_scope = sin6->sin6_scope_id;
 	}
+}
+
+void flow_key_set_local(struct flow_key *key, const void *ip, size_t len)
+{
+	memcpy(key->local_ip, ip, len <= sizeof key->local_ip ? len : sizeof key->local_ip);
 }
 
 uint32_t flow_table_hash(const struct flow_table *table, const struct flow_key *key)
 {
-	uint64_t words[3];
-	_Static_assert(sizeof *key == sizeof words, "flow_key is three 64-bit words");
+	uint64_t words[6];
+	_Static_assert(sizeof *key == sizeof words, "flow_key is six 64-bit words");
 	memcpy(words, key, sizeof words);
 	/*
 	 * Keyed by a per-table random seed: source addresses are chosen by
@@ -40,6 +46,11 @@ uint32_t flow_table_hash(const struct flow_table *table, const struct flow_key *
 	uint64_t h = flow_mix(words[0] ^ table->seed ^ 0xa0761d6478bd642fULL,
 			      words[1] ^ 0xe7037ed1a0b428dbULL);
 	h = flow_mix(h ^ words[2] ^ 0x8ebc6af09c88c6e3ULL, table->seed ^ 0x589965cc75374cc3ULL);
+	/* The local address and scope, only where there are some (wildcard binds, link-local). */
+	if ((words[3] | words[4] | words[5]) != 0) {
+		h = flow_mix(h ^ words[3] ^ 0x1d8e4e27c47d124fULL, words[4] ^ 0xd6e8feb86659fd93ULL);
+		h = flow_mix(h ^ words[5], table->seed ^ 0xa0761d6478bd642fULL);
+	}
 	return (uint32_t)(h ^ (h >> 32));
 }
 

@@ -74,7 +74,7 @@ struct udp_local {
  * of its own, which saves a libevent event (128 bytes) per flow.
  */
 struct udp_flow {
-	struct flow_entry entry;       /* key: client address + external port */
+	struct flow_entry entry;       /* key: client address and scope, external port, local address */
 	struct udp_port *port;
 	int fd;                        /* connected to the internal host:port */
 	socklen_t client_len;
@@ -548,12 +548,25 @@ static struct udp_flow *udp_flow_for(struct udp_port *port, struct udp_batch *ba
 {
 	struct udp_forward *forward = port->forward;
 	struct flow_key key;
+	struct udp_local local = { .known = false };
 	flow_key_set(&key, &batch->from[i].sa, port->port);
+	if (port->wildcard) {
+		/* Part of the key: each local address the client talks to is a flow of its own. */
+		udp_local_from_cmsg(&local, &batch->in[i].msg_hdr);
+		if (local.known && local.level == IPPROTO_IP)
+			flow_key_set_local(&key, &local.info.v4.ipi_addr, sizeof local.info.v4.ipi_addr);
+		else if (local.known)
+			flow_key_set_local(&key, &local.info.v6.ipi6_addr, sizeof local.info.v6.ipi6_addr);
+	}
 	uint32_t hash = flow_table_hash(&forward->flows, &key);
 	struct flow_entry *entry = flow_table_lookup(&forward->flows, &key, hash);
 	if (entry != NULL)
 		return udp_flow_of(entry);
-	return udp_flow_open(port, &key, hash, &batch->from[i], batch->in[i].msg_hdr.msg_namelen);
+	struct udp_flow *flow = udp_flow_open(port, &key, hash, &batch->from[i],
+					      batch->in[i].msg_hdr.msg_namelen);
+	if (flow != NULL)
+		flow->local = local;
+	return flow;
 }
 
 /*
@@ -585,8 +598,6 @@ static void udp_port_relay_batch(struct udp_port *port, struct udp_batch *batch,
 			continue;
 		}
 		flows[i] = udp_flow_for(port, batch, i);
-		if (flows[i] != NULL && port->wildcard)
-			udp_local_from_cmsg(&flows[i]->local, &batch->in[i].msg_hdr);
 	}
 	/* Consecutive datagrams of one flow (a busy client) go out together. */
 	for (unsigned first = 0; first < count;) {

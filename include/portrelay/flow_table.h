@@ -21,6 +21,7 @@
 #define PORTRELAY_FLOW_TABLE_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/queue.h>
 #include <sys/socket.h>
@@ -33,6 +34,15 @@ struct flow_key {
 	uint16_t external_port;  /* host order */
 	uint16_t zero2;
 	uint8_t client_ip[16];   /* IPv4 in the first 4 bytes, rest zero */
+	/*
+	 * On a wildcard bind, the address the client sent to (a host with two
+	 * addresses answers each from its own); zero otherwise. And the
+	 * client's IPv6 scope: two clients with one link-local address on two
+	 * links are two flows.
+	 */
+	uint8_t local_ip[16];
+	uint32_t client_scope;
+	uint32_t zero3;
 };
 
 struct flow_entry {
@@ -59,6 +69,9 @@ void flow_table_destroy(struct flow_table *table);
 
 /* Fills a key from a client's sockaddr (IPv4 or IPv6) and the external port. */
 void flow_key_set(struct flow_key *key, const struct sockaddr *client, uint16_t external_port);
+
+/* The local address the datagram was sent to: 4 (IPv4) or 16 bytes. */
+void flow_key_set_local(struct flow_key *key, const void *ip, size_t len);
 
 uint32_t flow_table_hash(const struct flow_table *table, const struct flow_key *key);
 

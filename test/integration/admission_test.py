@@ -11,7 +11,8 @@
                               descriptors at once, a self-loop is refused,
                               `user` drops root (visible in /proc; one that
                               cannot drop exits 1), `freebind` binds an
-                              address the host does not have
+                              address the host does not have, a client of a
+                              wildcard UDP bind gets a flow per local address
     admission_test.py flood   a UDP flood from thousands of source ports and
                               source addresses (127.x.y.z) with the default
                               limits: established flows keep every reply, TCP
@@ -448,6 +449,46 @@ def test_freebind(tmp):
     check(relay.stop() == 0, 'freebind: the relay exits 0')
 
 
+def test_wildcard_flows_per_local_address(tmp):
+    """One client socket talks to two addresses of a wildcard bind: two flows, each
+    answered from the address it was sent to."""
+    seen = []
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(('127.0.0.1', 0))
+
+    def serve():
+        server.settimeout(IO_TIMEOUT)
+        for _ in range(4):
+            try:
+                data, peer = server.recvfrom(100)
+            except OSError:
+                return
+            seen.append(peer[1])
+            server.sendto(data, peer)
+    threading.Thread(target=serve, daemon=True).start()
+    port = free_port()
+    relay = Relay(tmp, conf([forward('any', 'udp', port, server.getsockname()[1])
+                             .replace('"127.0.0.1"; external_port', '"0.0.0.0"; external_port', 1)]))
+    try:
+        client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        client.bind(('127.0.0.1', 0))
+        client.settimeout(IO_TIMEOUT)
+        replies = []
+        for n, local in enumerate(('127.0.0.1', '127.0.0.2', '127.0.0.1', '127.0.0.2')):
+            client.sendto(b'to %s %d' % (local.encode(), n), (local, port))
+            data, source = client.recvfrom(100)
+            replies.append((local, source[0], data))
+        check(all(sent == came for sent, came, _ in replies),
+              'wildcard: every reply comes from the address the client sent to (%s)'
+              % [(a, b) for a, b, _ in replies])
+        check(len(set(seen)) == 2 and seen[0] == seen[2] and seen[1] == seen[3],
+              'wildcard: two local addresses are two flows, each kept (server saw ports %s)' % seen)
+        client.close()
+    finally:
+        server.close()
+        check(relay.stop() == 0, 'wildcard: the relay exits 0')
+
+
 # ---- flood --------------------------------------------------------------------
 
 def test_udp_flood(tmp):
@@ -543,7 +584,7 @@ def main():
     tests = {
         'limits': [test_self_loop_refused, test_acl, test_per_source_and_forward_limits,
                    test_global_max_connections_waits, test_reset_while_connecting,
-                   test_privilege_drop, test_freebind],
+                   test_privilege_drop, test_freebind, test_wildcard_flows_per_local_address],
         'flood': [test_udp_flood],
     }[part]
     with tempfile.TemporaryDirectory(prefix='portrelay-admission-') as tmp:

@@ -744,9 +744,49 @@ static void test_expiry_loop_removes_exactly_the_idle_ones_in_order(void **state
 	flow_table_destroy(&t);
 }
 
+/*
+ * Two clients with the same link-local address and port on two links, and
+ * one client talking to two local addresses: four flows, not one.
+ */
+static void test_scope_and_local_address_are_part_of_the_key(void **state)
+{
+	(void)state;
+	struct flow_table t;
+	assert_int_equal(flow_table_init(&t), 0);
+	struct sockaddr_in6 on_eth0 = sin6("fe80::1", 5000), on_eth1 = on_eth0;
+	on_eth0.sin6_scope_id = 2;
+	on_eth1.sin6_scope_id = 3;
+	struct flow_entry entries[4];
+	memset(entries, 0, sizeof entries);
+	flow_key_set(&entries[0].key, (struct sockaddr *)&on_eth0, 53);
+	flow_key_set(&entries[1].key, (struct sockaddr *)&on_eth1, 53);
+	assert_int_equal(entries[0].key.client_scope, 2);
+	assert_memory_not_equal(&entries[0].key, &entries[1].key, sizeof entries[0].key);
+
+	struct sockaddr_in client = sin4("198.51.100.9", 4000);
+	const uint8_t local_a[4] = { 192, 0, 2, 1 }, local_b[4] = { 192, 0, 2, 2 };
+	flow_key_set(&entries[2].key, (struct sockaddr *)&client, 53);
+	flow_key_set_local(&entries[2].key, local_a, sizeof local_a);
+	flow_key_set(&entries[3].key, (struct sockaddr *)&client, 53);
+	flow_key_set_local(&entries[3].key, local_b, sizeof local_b);
+	assert_memory_not_equal(&entries[2].key, &entries[3].key, sizeof entries[2].key);
+
+	for (int i = 0; i < 4; i++) {
+		entries[i].hash = flow_table_hash(&t, &entries[i].key);
+		assert_int_equal(flow_table_insert(&t, &entries[i], 100), 0);
+	}
+	assert_int_equal(flow_table_count(&t), 4);
+	for (int i = 0; i < 4; i++)
+		assert_ptr_equal(flow_table_lookup(&t, &entries[i].key, entries[i].hash), &entries[i]);
+	for (int i = 0; i < 4; i++)
+		flow_table_remove(&t, &entries[i]);
+	flow_table_destroy(&t);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_scope_and_local_address_are_part_of_the_key),
 		cmocka_unit_test(test_key_set_ipv4_fills_every_byte),
 		cmocka_unit_test(test_key_set_ipv6_ignores_flowinfo),
 		cmocka_unit_test(test_insert_lookup_remove_ipv4_and_ipv6),
