@@ -36,6 +36,21 @@ static void reload_keep_restart_settings(uint64_t attempt, struct config *cfg,
 {
 	reload_keep_unsigned(attempt, "workers", &cfg->workers, running->workers);
 	reload_keep_unsigned(attempt, "busy_poll", &cfg->busy_poll_us, running->busy_poll_us);
+	/* The descriptor budgets are sized from it at start-up. */
+	reload_keep_unsigned(attempt, "max_connections", &cfg->max_connections,
+			     running->max_connections);
+	/* Root is gone by now: there is no becoming someone else. */
+	reload_keep(attempt, "user", strcmp(cfg->user, running->user) != 0,
+		    running->has_user ? running->user : "(none)", cfg->has_user ? cfg->user : "(none)");
+	reload_keep(attempt, "group", strcmp(cfg->group, running->group) != 0,
+		    running->has_group ? running->group : "(none)",
+		    cfg->has_group ? cfg->group : "(none)");
+	memcpy(cfg->user, running->user, sizeof cfg->user);
+	memcpy(cfg->group, running->group, sizeof cfg->group);
+	cfg->has_user = running->has_user;
+	cfg->has_group = running->has_group;
+	cfg->run_uid = running->run_uid;
+	cfg->run_gid = running->run_gid;
 	reload_keep(attempt, "tcp.splice", cfg->tcp_splice != running->tcp_splice,
 		    running->tcp_splice ? "true" : "false", cfg->tcp_splice ? "true" : "false");
 	cfg->tcp_splice = running->tcp_splice;
