@@ -872,7 +872,7 @@ static void config_describe_external(const struct forward *fwd, char *buf, size_
 	char host[CONFIG_HOST_MAX + 2];
 
 	/* Before config_finish the address may still be unset: the WAN address. */
-	if (fwd->external_addr.len != 0)
+	if (fwd->external_addr.len != 0 && !config_scoped_ipv6(fwd->external_host))
 		net_addr_format_ip(&fwd->external_addr, ip, sizeof ip);
 	else
 		snprintf(ip, sizeof ip, "%s", fwd->external_host[0] ? fwd->external_host : "*");
@@ -890,7 +890,8 @@ static void config_describe_internal(const struct forward *fwd, char *buf, size_
 	char ports[CONFIG_PORT_TEXT_MAX];
 	struct net_addr numeric;
 
-	if (net_addr_parse_ip(fwd->internal_host, 0, &numeric) == 0) {
+	if (net_addr_parse_ip(fwd->internal_host, 0, &numeric) == 0 ||
+	    config_scoped_ipv6(fwd->internal_host)) {
 		config_describe_ip(fwd->internal_host, host, sizeof host);
 	} else if (fwd->internal_addr.len != 0) {
 		snprintf(host, sizeof host, "%s (%s)", fwd->internal_host,

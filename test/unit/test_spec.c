@@ -358,6 +358,9 @@ static void test_scoped_ipv6_internal_host_in_brackets(void **state)
 	assert_int_equal(v6->sin6_scope_id, if_nametoindex("lo"));
 	struct net_addr target = forward_internal_addr(fwd, 5353);
 	assert_int_equal(net_addr_port(&target), 53);
+	char line[512];
+	assert_string_equal(forward_describe(fwd, line, sizeof line),
+			    "udp:5353  udp  [::1]:5353 -> [fe80::1%lo]:53");
 }
 
 static void test_scoped_ipv6_external_address_in_brackets(void **state)
@@ -372,6 +375,9 @@ static void test_scoped_ipv6_external_address_in_brackets(void **state)
 	assert_int_equal(v6->sin6_scope_id, if_nametoindex("lo"));
 	v6 = (const struct sockaddr_in6 *)&fwd->internal_addr.ss;
 	assert_int_equal(v6->sin6_scope_id, 1);
+	char line[512];
+	assert_string_equal(forward_describe(fwd, line, sizeof line),
+			    "tcp:8080  tcp  [fe80::1%lo]:8080 -> [fe80::2%1]:80");
 }
 
 static void test_bad_scopes_are_rejected(void **state)
