@@ -222,6 +222,41 @@ CONFIG_SEEDS = {
             '    internal_ip = "0.0.0.0"; internal_port = "4995-5004"; } );\n',
 }
 
+# fuzz_admin: byte 0 picks the endpoint ("0": the one asking for the bearer
+# token, "1": the open one), the rest is what the client sends.
+ADMIN_TOKEN = "fuzz-token-0123456789"
+ADMIN_SEEDS = {
+    "metrics-token": "0GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n\r\n" % ADMIN_TOKEN,
+    "status-token": "0GET /status HTTP/1.0\r\nAuthorization: bearer %s\r\n\r\n" % ADMIN_TOKEN,
+    "no-token": "0GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+    "wrong-token": "0GET /metrics HTTP/1.1\r\nAuthorization: Bearer fuzz-token-012345678\r\n\r\n",
+    "basic-auth": "0GET /status HTTP/1.1\r\nAuthorization: Basic dXNlcjpwYXNz\r\n\r\n",
+    "metrics": "1GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:9330\r\nAccept: */*\r\n\r\n",
+    "status": "1GET /status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    "head": "1HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+    "post": "1POST /metrics HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
+    "put-token": "0PUT /status HTTP/1.1\r\nAuthorization: Bearer %s\r\nContent-Length: 0\r\n\r\n" % ADMIN_TOKEN,
+    "delete": "1DELETE /status HTTP/1.1\r\n\r\n",
+    "options": "1OPTIONS * HTTP/1.1\r\n\r\n",
+    "not-found": "1GET /metrics/ HTTP/1.1\r\n\r\n",
+    "query": "1GET /metrics?name[]=x&y=%41 HTTP/1.1\r\n\r\n",
+    "absolute-uri": "1GET http://127.0.0.1:9330/status?x#frag HTTP/1.1\r\n\r\n",
+    "encoded-path": "1GET /%6detrics HTTP/1.1\r\n\r\n",
+    "pipelined": "1GET /metrics HTTP/1.1\r\n\r\nHEAD /status HTTP/1.1\r\n\r\nGET /nope HTTP/1.1\r\n\r\n",
+    "pipelined-token": ("0GET /status HTTP/1.1\r\nAuthorization: Bearer %s\r\n\r\n"
+                        "GET /metrics HTTP/1.1\r\n\r\n" % ADMIN_TOKEN),
+    "http09": "1GET /metrics\r\n\r\n",
+    "http10-keepalive": "1GET /metrics HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+    "chunked": "1GET /status HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    "folded-header": "0GET /metrics HTTP/1.1\r\nAuthorization: Bearer\r\n %s\r\n\r\n" % ADMIN_TOKEN,
+    "bare-lf": "1GET /metrics HTTP/1.1\nHost: x\n\n",
+    "expect": "1GET /metrics HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 10\r\n\r\n",
+    "long-header": "1GET /metrics HTTP/1.1\r\nX-Long: " + "a" * 9000 + "\r\n\r\n",
+    "partial": "1GET /metr",
+    "garbage": "1\x00\xff\r\n\r\n",
+    "bad-version": "1GET /metrics HTTP/9.9\r\n\r\n",
+}
+
 
 def write(target, name, data):
     d = os.path.join(CORPUS, target)
@@ -243,6 +278,8 @@ def main():
         write("spec", name, text)
     for name, text in CONFIG_SEEDS.items():
         write("config", name, text)
+    for name, text in ADMIN_SEEDS.items():
+        write("admin", name, text)
     with open(os.path.join(ROOT, "etc", "portrelay.conf"), "rb") as f:
         write("config", "etc-portrelay.conf", f.read())
 
