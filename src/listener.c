@@ -178,7 +178,10 @@ static void listener_log_refusal(struct listener_set *set, const struct forward 
 static bool listener_take_place(struct listener_set *set)
 {
 	struct relay_options *options = &set->ctx->options;
-	if (atomic_fetch_add(options->tcp_open_total, 1) < options->max_connections) {
+	unsigned open = atomic_fetch_add(options->tcp_open_total, 1);
+	if (open < options->max_connections &&
+	    (options->tcp_unbudgeted ||
+	     relay_fds_allow(options, 2ul * (open + 1), atomic_load(options->udp_flows_total)))) {
 		if (set->at_max_connections) {
 			set->at_max_connections = false;
 			log_info(NULL, "below max_connections (%u) again: accepting", options->max_connections);
@@ -189,8 +192,9 @@ static bool listener_take_place(struct listener_set *set)
 	if (!set->at_max_connections) {
 		set->at_max_connections = true;
 		relay_ctx_process_counters(set->ctx)->tcp_max_connections_reached++;
-		log_warn(NULL, "max_connections (%u) open: new connections wait in the listen backlog",
-			 options->max_connections);
+		log_warn(NULL, "max_connections (%u) open, or UDP flows hold the rest of the "
+			 "descriptors (%u open): new connections wait in the listen backlog",
+			 options->max_connections, atomic_load(options->udp_flows_total));
 	}
 	set->paused = true;
 	listener_set_enable(set, false);

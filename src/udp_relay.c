@@ -462,6 +462,25 @@ static bool udp_take_place(struct udp_forward *forward, atomic_uint *open, unsig
 	return false;
 }
 
+/*
+ * The process's budget: a place under max_udp_flows whose descriptor fits
+ * beside TCP's (relay_fds_allow), evicting one flow without a reply of this
+ * forward if not.
+ */
+static bool udp_take_budget(struct udp_forward *forward, struct relay_options *options)
+{
+	for (int attempt = 0; attempt < 2; attempt++) {
+		unsigned open = atomic_fetch_add(options->udp_flows_total, 1);
+		unsigned long tcp_fds = 2ul * atomic_load(options->tcp_open_total);
+		if (open < options->max_udp_flows && relay_fds_allow(options, open + 1ul, tcp_fds))
+			return true;
+		atomic_fetch_sub(options->udp_flows_total, 1);
+		if (attempt == 0 && !udp_evict_one(forward))
+			return false;
+	}
+	return false;
+}
+
 static struct udp_flow *udp_flow_open(struct udp_port *port, const struct flow_key *key,
 				      uint32_t hash, const union net_sockaddr *client,
 				      socklen_t client_len)
@@ -488,7 +507,7 @@ static struct udp_flow *udp_flow_open(struct udp_port *port, const struct flow_k
 		return udp_refuse(forward, &counters->udp_dropped_table_full, UDP_DROP_TABLE_FULL,
 				  "flow table full (udp.max_flows), no unanswered flow to make room", 0);
 	}
-	if (!udp_take_place(forward, options->udp_flows_total, options->max_udp_flows)) {
+	if (!udp_take_budget(forward, options)) {
 		atomic_fetch_sub(forward->flows_open, 1);
 		if (per_source != 0)
 			source_table_release(options->sources, forward->fwd->stats, source);

@@ -85,6 +85,9 @@ struct worker_pool {
 	atomic_uint udp_flows_total;
 	unsigned max_connections;
 	unsigned max_udp_flows;
+	unsigned fd_spare;
+	unsigned fd_reserve;
+	bool tcp_unbudgeted;           /* an explicit max_connections is the only TCP bound */
 	/* worker_pool_drain: the shutdown_timeout deadline, on the main thread. */
 	struct event *drain_deadline;
 	double drain_timeout;
@@ -407,6 +410,9 @@ static struct relay_options worker_options(struct worker_pool *pool, const struc
 	options.max_connections = pool->max_connections;
 	options.udp_flows_total = &pool->udp_flows_total;
 	options.max_udp_flows = pool->max_udp_flows;
+	options.fd_spare = pool->fd_spare;
+	options.fd_reserve = pool->fd_reserve;
+	options.tcp_unbudgeted = pool->tcp_unbudgeted;
 	return options;
 }
 
@@ -435,53 +441,48 @@ static unsigned long worker_local_ports(void)
 }
 
 /*
- * The descriptor budget. Set aside first: every worker's bound sockets and
- * splice pipes (two descriptors each, at most), and a margin for the rest
- * (event loops, the admin endpoint, FTP data listeners, ports a reload
- * adds). What is left is shared: a TCP connection takes two descriptors, a
- * UDP flow one. Each side gets a part of its own, so that a flood of one
- * can never take the descriptors of the other: when both protocols are
- * forwarded, 60% for TCP and 40% for UDP; a protocol not forwarded at
- * start-up keeps 10% (a reload may add it). An explicit max_connections
- * takes what it needs and leaves UDP the rest. UDP flows also stay within
- * 90% of the local port range, since each holds one of its ports.
+ * The descriptor budget. Set aside first: every worker's bound sockets, a
+ * quarter of its splice pipes (two descriptors each; beyond that a transfer
+ * falls back to a buffer when descriptors are short) and a margin for the
+ * rest (event loops, the admin endpoint, FTP data listeners, ports a reload
+ * adds). What is left, `spare`, is shared: a TCP connection takes two
+ * descriptors, a UDP flow one. Either may use all of it but a reserve the
+ * other keeps for itself (a tenth each): a flood of one can never take the
+ * descriptors the other needs to go on accepting. max_connections caps TCP
+ * (automatic: all it may use); UDP flows also stay within 90% of the local
+ * port range, since each holds one of its ports.
  */
 static void worker_pool_size_budgets(struct worker_pool *pool, const struct config *cfg,
 				     unsigned count, unsigned long fd_limit)
 {
-	bool tcp = false, udp = false;
-	for (size_t i = 0; i < cfg->forward_count; i++) {
-		tcp |= cfg->forwards[i].enabled && (cfg->forwards[i].proto & FORWARD_TCP);
-		udp |= cfg->forwards[i].enabled && (cfg->forwards[i].proto & FORWARD_UDP);
-	}
 	struct relay_options one = worker_options(pool, cfg, count, fd_limit, 0);
-	unsigned long fixed = worker_sockets_needed(cfg) * count +
-			      2ul * one.max_pipes * count + 64 + fd_limit / 32;
-	unsigned long spare = fd_limit > fixed + 32 ? fd_limit - fixed : 32;
-	unsigned long tcp_share = tcp && udp ? 60 : tcp ? 90 : 10;
-	unsigned long connections = spare * tcp_share / 100 / 2;
+	unsigned long fixed = worker_sockets_needed(cfg) * count + one.max_pipes / 2ul * count +
+			      64 + fd_limit / 32;
+	/* A tiny limit (tests use 64) leaves little: still some for each side. */
+	unsigned long spare = fd_limit > fixed + fd_limit / 4 ? fd_limit - fixed : fd_limit / 4;
+	unsigned long reserve = spare / 10;
+	unsigned long connections = (spare - reserve) / 2;
 	if (cfg->max_connections != 0) {
+		/* As asked, even beyond the budget: then the accept loop's back-off is the bound. */
+		if (cfg->max_connections > connections)
+			log_warn(NULL, "max_connections %u: only %lu fit the open-files limit %lu "
+				 "(two descriptors each, beside listening sockets, pipes and UDP's "
+				 "reserve); beyond that, accepting pauses when descriptors run out",
+				 cfg->max_connections, connections, fd_limit);
 		connections = cfg->max_connections;
-		if (connections * 2 > spare)
-			log_warn(NULL, "max_connections %u needs %lu descriptors; %lu are left after "
-				 "listening sockets and pipes (open-files limit %lu): connections "
-				 "beyond that will fail", cfg->max_connections, connections * 2, spare,
-				 fd_limit);
+		pool->tcp_unbudgeted = true;
 	}
-	unsigned long flows = spare > connections * 2 ? spare - connections * 2 : 0;
-	if (cfg->max_connections == 0)
-		flows = spare * (100 - tcp_share) / 100;
+	unsigned long flows = spare - reserve;
 	unsigned long ports = worker_local_ports();
 	if (ports != 0 && flows > ports * 9 / 10)
 		flows = ports * 9 / 10;
-	if (udp && flows < 16)
-		flows = 16;
+	pool->fd_spare = spare > UINT_MAX ? UINT_MAX : (unsigned)spare;
+	pool->fd_reserve = reserve > UINT_MAX ? UINT_MAX : (unsigned)reserve;
 	pool->max_connections = connections > UINT_MAX ? UINT_MAX : (unsigned)connections;
 	pool->max_udp_flows = flows > UINT_MAX ? UINT_MAX : (unsigned)flows;
-	log_info(NULL, "admission: up to %u tcp connections and %u udp flows at once "
-		 "(open-files limit %lu, %lu descriptors set aside for listening sockets, pipes "
-		 "and the rest)", pool->max_connections, pool->max_udp_flows, fd_limit,
-		 fd_limit - spare < fd_limit ? fd_limit - spare : fd_limit);
+	log_info(NULL, "admission: up to %u tcp connections and %u udp flows at once, together "
+		 "within %lu descriptors of which each keeps %lu for itself (open-files limit %lu)",
+		 pool->max_connections, pool->max_udp_flows, spare, reserve, fd_limit);
 }
 
 static int worker_open(struct worker *worker, struct ruleset *rules, unsigned count,

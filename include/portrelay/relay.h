@@ -76,7 +76,29 @@ struct relay_options {
 	unsigned max_connections;
 	atomic_uint *udp_flows_total;  /* UDP flows open in every worker */
 	unsigned max_udp_flows;
+	/*
+	 * Descriptors TCP connections (two each) and UDP flows (one each)
+	 * share, and what each keeps for itself: the other may take all but
+	 * that (relay_fds_allow).
+	 */
+	unsigned fd_spare;
+	unsigned fd_reserve;
+	bool tcp_unbudgeted;           /* an explicit max_connections: TCP's only bound */
 };
+
+/*
+ * Whether `adding` more descriptors for one side fit beside the other:
+ * mine (after adding) plus the larger of the other's use and its reserve
+ * stay within fd_spare. Read without locks: two workers admitting at the
+ * same moment may pass it together by a few descriptors, which the margin
+ * set aside absorbs.
+ */
+static inline bool relay_fds_allow(const struct relay_options *options, unsigned long mine,
+				   unsigned long other)
+{
+	unsigned long kept = other > options->fd_reserve ? other : options->fd_reserve;
+	return mine + kept <= options->fd_spare;
+}
 
 struct relay_ctx {
 	struct event_base *base;

@@ -6,6 +6,7 @@
  *   bench_hold --proto tcp|udp --target ADDR:PORT --count N
  *              [--parallel 256] [--max-seconds 120]
  *
+ * Towards a 127.0.0.0/8 target, source addresses rotate over 127.0.0.2-251.
  * When all are set up it prints one JSON line {"held":..,"failed":..,"seconds":..}
  * and holds them until stdin reaches EOF (the runner closes it) or
  * --max-seconds since start, then closes everything and exits. */
@@ -69,6 +70,20 @@ int main(int argc, char **argv)
 				x->state = H_FAILED;
 				failed++;
 				continue;
+			}
+			/*
+			 * Towards 127.x.y.z, from 127.0.0.2-251 in turn: what one
+			 * client address may hold is bounded by the relay
+			 * (max_connections_per_source, max_flows_per_source), and
+			 * this measures memory, not that limit.
+			 */
+			if (ss.ss_family == AF_INET &&
+			    (ntohl(((struct sockaddr_in *)&ss)->sin_addr.s_addr) >> 24) == 127) {
+				struct sockaddr_in src = { .sin_family = AF_INET };
+				src.sin_addr.s_addr = htonl(0x7f000002u + (uint32_t)(next % 250));
+				int one = 1;
+				setsockopt(x->fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one));
+				(void)bind(x->fd, (struct sockaddr *)&src, sizeof(src));
 			}
 			x->since = bench_now_ns();
 			int r = connect(x->fd, (struct sockaddr *)&ss, sl);
