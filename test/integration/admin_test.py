@@ -23,32 +23,12 @@ import threading
 import time
 import urllib.request
 
+from itest_lib import (check, failures, free_port, http_get, sample, tcp_echo_server,
+                       udp_echo_server)
+
 BIN = os.environ.get('PORTRELAY_BIN')
 REQUIRED = os.environ.get('PORTRELAY_E2E_REQUIRED') == '1'
 SKIP = 77
-failures = []
-
-
-def check(cond, what):
-    print(('ok     ' if cond else 'FAILED ') + what, flush=True)
-    if not cond:
-        failures.append(what)
-    return cond
-
-
-def free_port():
-    """A port free for TCP and UDP on 127.0.0.1, below the ephemeral range."""
-    import random
-    for _ in range(200):
-        port = random.randint(20000, 31999)
-        try:
-            with socket.socket() as t, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                t.bind(('127.0.0.1', port))
-                u.bind(('127.0.0.1', port))
-                return port
-        except OSError:
-            continue
-    raise RuntimeError('no free port')
 
 
 class Relay:
@@ -84,80 +64,6 @@ class Relay:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
         return self.wait_exit()
-
-
-def http_get(url, token=None, unix=None):
-    """(status, body) of a GET; unix: a Unix socket path to go through."""
-    if unix is not None:
-        with socket.socket(socket.AF_UNIX) as s:
-            s.settimeout(5)
-            s.connect(unix)
-            s.sendall(b'GET ' + url.encode() + b' HTTP/1.0\r\nHost: localhost\r\n\r\n')
-            data = b''
-            while True:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-        head, _, body = data.partition(b'\r\n\r\n')
-        return int(head.split()[1]), body.decode()
-    req = urllib.request.Request(url)
-    if token is not None:
-        req.add_header('Authorization', 'Bearer ' + token)
-    try:
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
-
-def sample(text, name, **labels):
-    """The value of one sample in a Prometheus text page, or None."""
-    for line in text.splitlines():
-        if line.startswith('#'):
-            continue
-        m = re.match(r'([a-z_]+)(?:\{(.*)\})? (\S+)$', line)
-        if not m or m.group(1) != name:
-            continue
-        got = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or ''))
-        if got == labels:
-            return float(m.group(3))
-    return None
-
-
-def echo_server():
-    """A TCP echo server on 127.0.0.1 in a thread; returns its port."""
-    lsock = socket.socket()
-    lsock.bind(('127.0.0.1', 0))
-    lsock.listen(16)
-
-    def serve(conn):
-        with conn:
-            while True:
-                data = conn.recv(65536)
-                if not data:
-                    return
-                conn.sendall(data)
-
-    def loop():
-        while True:
-            conn, _ = lsock.accept()
-            threading.Thread(target=serve, args=(conn,), daemon=True).start()
-    threading.Thread(target=loop, daemon=True).start()
-    return lsock.getsockname()[1]
-
-
-def udp_echo_server():
-    """A UDP echo server on 127.0.0.1 in a thread; returns its port."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(('127.0.0.1', 0))
-
-    def loop():
-        while True:
-            data, peer = sock.recvfrom(65536)
-            sock.sendto(data, peer)
-    threading.Thread(target=loop, daemon=True).start()
-    return sock.getsockname()[1]
 
 
 def dead_port():
@@ -208,7 +114,7 @@ def need_tool(name):
 # ---- the endpoint ------------------------------------------------------------
 
 def test_metrics_follow_traffic(tmp):
-    echo = echo_server()
+    echo = tcp_echo_server()
     udp_echo = udp_echo_server()
     alpha, beta, gone, admin = free_port(), free_port(), free_port(), free_port()
     dgram = free_port()
@@ -346,7 +252,7 @@ def relay_version():
 
 
 def test_token(tmp):
-    echo = echo_server()
+    echo = tcp_echo_server()
     port, admin = free_port(), free_port()
     token_file = os.path.join(tmp, 'admin.token')
     with open(token_file, 'w') as f:
@@ -393,7 +299,7 @@ admin = {{ listen = "127.0.0.1:{free_port()}"; token_file = "{tmp}/missing"; }};
 
 
 def test_unix_socket_and_nothing_without_admin(tmp):
-    echo = echo_server()
+    echo = tcp_echo_server()
     port = free_port()
     path = os.path.join(tmp, 'admin.sock')
     rule = f'''forwards = ( {{ name = "u"; protocol = "tcp"; external_address = "127.0.0.1";
@@ -433,7 +339,7 @@ def test_prometheus_scrape(tmp):
     prometheus = need_tool('prometheus')
     if prometheus is None:
         return
-    echo = echo_server()
+    echo = tcp_echo_server()
     port, admin, web = free_port(), free_port(), free_port()
     relay = Relay(f'''
 admin = {{ listen = "127.0.0.1:{admin}"; }};

@@ -36,32 +36,12 @@ import tempfile
 import threading
 import time
 
+from itest_lib import check, failures, free_port, tcp_echo_server, udp_echo_server
+
 BIN = os.environ.get('PORTRELAY_BIN')
 SKIP = 77
-failures = []
 LINE_TIMEOUT = 15.0
 IO_TIMEOUT = 10.0
-
-
-def check(cond, what):
-    print(('ok     ' if cond else 'FAILED ') + what, flush=True)
-    if not cond:
-        failures.append(what)
-    return cond
-
-
-def free_port():
-    """A port free for TCP and UDP on 127.0.0.1, below the ephemeral range."""
-    for _ in range(200):
-        port = random.randint(20000, 31999)
-        try:
-            with socket.socket() as t, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                t.bind(('127.0.0.1', port))
-                u.bind(('127.0.0.1', port))
-                return port
-        except OSError:
-            continue
-    raise RuntimeError('no free port')
 
 
 class Relay:
@@ -122,48 +102,6 @@ class Relay:
         code = self.proc.wait(10)
         self.reader.join(5)
         return code
-
-
-def tcp_echo_server(host='127.0.0.1'):
-    """A TCP echo server in a thread; returns its port."""
-    lsock = socket.socket()
-    lsock.bind((host, 0))
-    lsock.listen(512)
-
-    def serve(conn):
-        with conn:
-            while True:
-                try:
-                    data = conn.recv(65536)
-                except OSError:
-                    return
-                if not data:
-                    return
-                conn.sendall(data)
-
-    def loop():
-        while True:
-            conn, _ = lsock.accept()
-            threading.Thread(target=serve, args=(conn,), daemon=True).start()
-    threading.Thread(target=loop, daemon=True).start()
-    return lsock.getsockname()[1]
-
-
-def udp_echo_server():
-    """A UDP echo server in a thread; returns its port."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(('127.0.0.1', 0))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-
-    def loop():
-        while True:
-            data, peer = sock.recvfrom(65536)
-            try:
-                sock.sendto(data, peer)
-            except OSError:
-                pass
-    threading.Thread(target=loop, daemon=True).start()
-    return sock.getsockname()[1]
 
 
 def connect_from(source, port):
