@@ -170,17 +170,45 @@ static unsigned free_port(void)
 	return 0;
 }
 
+/* The files a setup leaves in its directory, and the directory. */
+static void remove_dir(const char *d)
+{
+	static const char *const names[] = { "portrelay.conf", "token", "admin0.sock", "admin1.sock" };
+	char path[160];
+	for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+		snprintf(path, sizeof path, "%s/%s", d, names[i]);
+		unlink(path);
+	}
+	rmdir(d);
+}
+
+/*
+ * A run that crashed (a broken check aborts) leaves its directory behind:
+ * those of processes that are gone, /tmp/portrelay-fuzz-admin.PID.*, go.
+ */
+static void remove_stale_dirs(void)
+{
+	DIR *d = opendir("/tmp");
+	struct dirent *e;
+	while (d != NULL && (e = readdir(d)) != NULL) {
+		long pid;
+		char rest[32], path[160];
+		if (sscanf(e->d_name, "portrelay-fuzz-admin.%ld.%31s", &pid, rest) != 2 || pid <= 0 ||
+		    kill((pid_t)pid, 0) == 0 || errno != ESRCH)
+			continue;
+		snprintf(path, sizeof path, "/tmp/%s", e->d_name);
+		remove_dir(path);
+	}
+	if (d != NULL)
+		closedir(d);
+}
+
 static void cleanup(void)
 {
 	for (int i = 0; i < 2; i++)
 		admin_free(admins[i]);
 	worker_pool_free(pool);
-	char path[160];
-	snprintf(path, sizeof path, "%s/portrelay.conf", dir);
-	unlink(path);
-	snprintf(path, sizeof path, "%s/token", dir);
-	unlink(path);
-	rmdir(dir);
+	remove_dir(dir);
 }
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
@@ -190,7 +218,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	(void)argv;
 	signal(SIGPIPE, SIG_IGN);
 	log_set_level(LOG_LEVEL_ERROR);
-	snprintf(dir, sizeof dir, "/tmp/portrelay-fuzz-admin.XXXXXX");
+	remove_stale_dirs();
+	snprintf(dir, sizeof dir, "/tmp/portrelay-fuzz-admin.%ld.XXXXXX", (long)getpid());
 	if (mkdtemp(dir) == NULL)
 		die("mkdtemp");
 	for (int i = 0; i < 2; i++)
