@@ -138,6 +138,24 @@ static struct metrics_forward *admin_snapshot(struct admin *admin, const struct 
 	return forwards;
 }
 
+/*
+ * Sends the reply; for HEAD, the headers GET would get (its Content-Length
+ * included) and no body: a body after a HEAD reply would be read as the
+ * answer to the connection's next request.
+ */
+static void admin_send(struct evhttp_request *req, int code, const char *reason,
+		       struct evbuffer *body)
+{
+	if (evhttp_request_get_command(req) != EVHTTP_REQ_HEAD) {
+		evhttp_send_reply(req, code, reason, body);
+		return;
+	}
+	char length[24];
+	snprintf(length, sizeof length, "%zu", body != NULL ? evbuffer_get_length(body) : 0);
+	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Length", length);
+	evhttp_send_reply(req, code, reason, NULL);
+}
+
 static void admin_reply_text(struct evhttp_request *req, int code, const char *reason,
 			     const char *text)
 {
@@ -146,7 +164,7 @@ static void admin_reply_text(struct evhttp_request *req, int code, const char *r
 		evbuffer_add_printf(body, "%s\n", text);
 	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
 			  "text/plain; charset=utf-8");
-	evhttp_send_reply(req, code, reason, body);
+	admin_send(req, code, reason, body);
 	if (body != NULL)
 		evbuffer_free(body);
 }
@@ -208,7 +226,7 @@ static void admin_on_request(struct evhttp_request *req, void *arg)
 			  metrics ? "text/plain; version=0.0.4; charset=utf-8"
 				  : "application/json");
 	evhttp_add_header(headers, "Cache-Control", "no-store");
-	evhttp_send_reply(req, 200, "OK", body);
+	admin_send(req, 200, "OK", body);
 	evbuffer_free(body);
 }
 
