@@ -820,7 +820,8 @@ bool forward_same_target(const struct forward *a, const struct forward *b)
 {
 	return forward_same_place(a, b) && net_addr_same_ip(&a->internal_addr, &b->internal_addr) &&
 	       a->internal_port_first == b->internal_port_first &&
-	       a->internal_port_last == b->internal_port_last && a->ftp == b->ftp;
+	       a->internal_port_last == b->internal_port_last && a->ftp == b->ftp &&
+	       a->proxy_protocol == b->proxy_protocol;
 }
 
 bool forward_same_rule(const struct forward *a, const struct forward *b)

@@ -441,6 +441,7 @@ struct config_forward_fields {
 	const config_setting_t *internal_port;   /* NULL: same as external_port */
 	const config_setting_t *ftp;             /* "ftp = true", checked against protocol */
 	const config_setting_t *ftp_data_ports;
+	const config_setting_t *proxy_protocol;  /* checked against protocol and ftp */
 	bool has_protocol;
 	bool has_external_port;
 	bool has_internal_ip;
@@ -570,6 +571,21 @@ static int config_forward_ftp(struct config_file *file, const config_setting_t *
 	return config_file_bool(file, setting, "ftp", &fwd->ftp);
 }
 
+static int config_forward_proxy_protocol(struct config_file *file,
+					 const config_setting_t *setting, struct forward *fwd,
+					 struct config_forward_fields *fields)
+{
+	const char *text = config_file_string(setting);
+	fields->proxy_protocol = setting;
+	if (text != NULL && strcmp(text, "v1") == 0)
+		fwd->proxy_protocol = PROXY_V1;
+	else if (text != NULL && strcmp(text, "v2") == 0)
+		fwd->proxy_protocol = PROXY_V2;
+	else
+		return config_file_fail(file, setting, "proxy_protocol must be \"v1\" or \"v2\"");
+	return 0;
+}
+
 static int config_forward_ftp_data_ports(struct config_file *file,
 					 const config_setting_t *setting, struct forward *fwd,
 					 struct config_forward_fields *fields)
@@ -681,6 +697,7 @@ static const struct {
 	{ "udp_idle_timeout", config_forward_udp_idle_timeout },
 	{ "ftp", config_forward_ftp },
 	{ "ftp_data_ports", config_forward_ftp_data_ports },
+	{ "proxy_protocol", config_forward_proxy_protocol },
 	{ "max_connections", config_forward_max_connections },
 	{ "max_connections_per_source", config_forward_max_connections_per_source },
 	{ "max_flows_per_source", config_forward_max_flows_per_source },
@@ -745,6 +762,14 @@ static int config_forward_complete(struct config_file *file, const config_settin
 	if (fields->ftp_data_ports != NULL && !fwd->ftp)
 		return config_file_fail(file, fields->ftp_data_ports,
 					"ftp_data_ports needs ftp = true");
+	if (fwd->proxy_protocol == PROXY_V1 && (fwd->proto & FORWARD_UDP))
+		return config_file_fail(file, fields->proxy_protocol,
+					"proxy_protocol \"v1\" has no datagrams: protocol \"%s\" "
+					"needs \"v2\"", forward_proto_name(fwd->proto));
+	if (fwd->proxy_protocol != PROXY_NONE && fwd->ftp)
+		return config_file_fail(file, fields->proxy_protocol,
+					"proxy_protocol does not go with ftp = true (the FTP "
+					"helper's control connection carries no PROXY header)");
 	/*
 	 * An omitted internal_port equals external_port, which always passes
 	 * the width rule: a failure below always has an internal_port to name.

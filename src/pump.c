@@ -155,6 +155,13 @@ static enum pump_status pump_keep(struct pump *pump, const char *data, size_t le
 	return PUMP_WANT_WRITE;
 }
 
+int pump_preload(struct pump *pump, const void *data, size_t len)
+{
+	if (len > PUMP_BUFFER_SIZE || pump->buffer != NULL)
+		return -1;
+	return pump_keep(pump, data, len) == PUMP_ERROR ? -1 : 0;
+}
+
 /*
  * One copied read, sent on at once: recv into the shared scratch buffer and
  * send; only a remainder the destination cannot take is kept. Returns

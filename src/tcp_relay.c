@@ -27,6 +27,7 @@
 #include "portrelay/config.h"
 #include "portrelay/ftp_helper.h"
 #include "portrelay/log.h"
+#include "portrelay/proxy_header.h"
 #include "portrelay/pump.h"
 #include "portrelay/relay.h"
 #include "portrelay/source_table.h"
@@ -427,6 +428,25 @@ static void session_client_closed_early(struct tcp_session *session)
 	session_end(session, "client reset while connecting", true, true);
 }
 
+/*
+ * proxy_protocol: the header goes first to the internal server, before any
+ * client byte (it waits in the pump ahead of them, and the splice path only
+ * starts once the pump's buffer is empty). It names the client and the
+ * address and port the client connected to (on a wildcard bind, the one
+ * the kernel reports for this connection).
+ */
+static int session_preload_proxy_header(struct tcp_session *session)
+{
+	struct net_addr local;
+	if (net_local_addr(session->client.fd, &local) < 0)
+		return -1;
+	uint8_t header[PROXY_HEADER_MAX];
+	size_t len = proxy_header_write(session->forward->proxy_protocol, PROXY_STREAM,
+					&session->client_addr.sa, (const struct sockaddr *)&local.ss,
+					header);
+	return len > 0 ? pump_preload(&session->to_internal, header, len) : -1;
+}
+
 static void session_connected(struct tcp_session *session)
 {
 	int error = net_socket_error(session->internal.fd);
@@ -444,6 +464,12 @@ static void session_connected(struct tcp_session *session)
 			session_end(session, "ftp: cannot set up the helper", true, true);
 			return;
 		}
+	}
+	if (session->kind == SESSION_PLAIN && session->forward->proxy_protocol != PROXY_NONE &&
+	    session_preload_proxy_header(session) < 0) {
+		session_counters(session)->tcp_reset++;
+		session_end(session, "cannot write the PROXY header", true, true);
+		return;
 	}
 	session->state = SESSION_RELAYING;
 	session->last_active_ms = relay_now_ms();

@@ -44,11 +44,21 @@ int udp_batch_receive(struct udp_batch *batch, unsigned first, int fd, bool want
 
 void udp_batch_queue(struct udp_batch *batch, unsigned slot, unsigned i)
 {
-	batch->out_iov[slot].iov_base = udp_batch_data(batch, i);
-	batch->out_iov[slot].iov_len = batch->in[i].msg_len;
+	batch->out_iov[slot][0].iov_base = udp_batch_data(batch, i);
+	batch->out_iov[slot][0].iov_len = batch->in[i].msg_len;
 	memset(&batch->out[slot], 0, sizeof batch->out[slot]);
-	batch->out[slot].msg_hdr.msg_iov = &batch->out_iov[slot];
+	batch->out[slot].msg_hdr.msg_iov = batch->out_iov[slot];
 	batch->out[slot].msg_hdr.msg_iovlen = 1;
+}
+
+void udp_batch_queue_prefixed(struct udp_batch *batch, unsigned slot, unsigned i,
+			      const void *prefix, size_t len)
+{
+	udp_batch_queue(batch, slot, i);
+	batch->out_iov[slot][1] = batch->out_iov[slot][0];
+	batch->out_iov[slot][0].iov_base = (void *)prefix;
+	batch->out_iov[slot][0].iov_len = len;
+	batch->out[slot].msg_hdr.msg_iovlen = 2;
 }
 
 unsigned udp_batch_send(struct udp_batch *batch, int fd, unsigned first, unsigned count,

@@ -28,6 +28,7 @@
 #include "portrelay/flow_table.h"
 #include "portrelay/log.h"
 #include "portrelay/net.h"
+#include "portrelay/proxy_header.h"
 #include "portrelay/relay.h"
 #include "portrelay/source_table.h"
 #include "portrelay/udp_batch.h"
@@ -81,6 +82,7 @@ struct udp_flow {
 	union net_sockaddr client;
 	struct udp_local local;
 	bool replied;                  /* the internal host has answered */
+	unsigned char proxy;           /* enum proxy_version its datagrams carry, fixed at creation */
 	bool source_counted;           /* in the source table (max_flows_per_source) */
 	/* Until replied: in the forward's unreplied list, least recently active first. */
 	TAILQ_ENTRY(udp_flow) unreplied_link;
@@ -534,6 +536,7 @@ static struct udp_flow *udp_flow_open(struct udp_port *port, const struct flow_k
 	flow->client_len = client_len;
 	flow->created_ms = now;
 	flow->source_counted = per_source != 0;
+	flow->proxy = (unsigned char)forward->fwd->proxy_protocol;
 	if (flow_table_insert(&forward->flows, &flow->entry, now) < 0)
 		goto fail;
 	bool first_unreplied = TAILQ_EMPTY(&forward->unreplied);
@@ -589,6 +592,28 @@ static struct udp_flow *udp_flow_for(struct udp_port *port, struct udp_batch *ba
 }
 
 /*
+ * proxy_protocol = "v2": the header for the flow's datagrams, naming the
+ * client and the address and port it sent to (on a wildcard bind, the one
+ * the kernel reported). The same for every datagram of the flow.
+ */
+static size_t udp_flow_proxy_header(const struct udp_flow *flow, uint8_t *header)
+{
+	struct net_addr local = flow->port->forward->fwd->external_addr;
+	if (flow->local.known && flow->local.level == IPPROTO_IP) {
+		struct sockaddr_in sin = { .sin_family = AF_INET,
+					   .sin_addr = flow->local.info.v4.ipi_addr };
+		net_addr_set(&local, (struct sockaddr *)&sin, sizeof sin);
+	} else if (flow->local.known) {
+		struct sockaddr_in6 sin6 = { .sin6_family = AF_INET6,
+					     .sin6_addr = flow->local.info.v6.ipi6_addr };
+		net_addr_set(&local, (struct sockaddr *)&sin6, sizeof sin6);
+	}
+	net_addr_set_port(&local, flow->port->port);
+	return proxy_header_write((enum proxy_version)flow->proxy, PROXY_DGRAM, &flow->client.sa,
+				  (const struct sockaddr *)&local.ss, header);
+}
+
+/*
  * Sends received datagrams [first, last) of one flow to the internal server
  * through the flow's socket, in one sendmmsg.
  */
@@ -596,8 +621,14 @@ static void udp_flow_send_run(struct udp_batch *batch, struct udp_flow *flow, un
 			      unsigned last)
 {
 	struct relay_counters *counters = flow->port->forward->counters;
-	for (unsigned i = first; i < last; i++)
-		udp_batch_queue(batch, i - first, i);
+	uint8_t header[PROXY_HEADER_MAX];
+	size_t header_len = flow->proxy != PROXY_NONE ? udp_flow_proxy_header(flow, header) : 0;
+	for (unsigned i = first; i < last; i++) {
+		if (header_len != 0)
+			udp_batch_queue_prefixed(batch, i - first, i, header, header_len);
+		else
+			udp_batch_queue(batch, i - first, i);
+	}
 	unsigned sent = udp_batch_send(batch, flow->fd, 0, last - first, &counters->udp_refused);
 	counters->udp_dropped_send += (last - first) - sent;
 	counters->udp_datagrams_to_internal += sent;

@@ -27,6 +27,7 @@
 #include "portrelay/acl.h"
 #include "portrelay/log.h"
 #include "portrelay/net.h"
+#include "portrelay/proxy_header.h"
 
 enum forward_proto {
 	FORWARD_TCP = 1,
@@ -88,6 +89,13 @@ struct forward {
 	struct acl acl;
 	/* Bind external_address even when the host does not have it (yet): IP_FREEBIND. */
 	bool freebind;
+	/*
+	 * proxy_protocol = "v1" | "v2": tell the internal server the client's
+	 * address with a PROXY header (proxy_header.h); PROXY_NONE (default):
+	 * no header. TCP: v1 or v2, first bytes of each connection; UDP: v2 in
+	 * front of every datagram. Not with ftp.
+	 */
+	enum proxy_version proxy_protocol;
 
 	/* Where it came from, for messages: "etc/x.conf:12" or "-L 'tcp:...'". */
 	char origin[CONFIG_ORIGIN_MAX];

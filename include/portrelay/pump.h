@@ -75,6 +75,13 @@ void pump_init(struct pump *pump, struct pump_pool *pool);
  */
 enum pump_status pump_run(struct pump *pump, int source_fd, int dest_fd);
 
+/*
+ * Bytes to deliver before anything read from the source (a PROXY header):
+ * the next pump_run writes them first. On a fresh pump only; -1 otherwise
+ * or when out of memory.
+ */
+int pump_preload(struct pump *pump, const void *data, size_t len);
+
 /* Bytes read but not yet written. */
 size_t pump_pending(const struct pump *pump);
 

@@ -36,7 +36,7 @@ struct udp_batch {
 	union net_sockaddr from[UDP_BATCH];
 	union udp_control control[UDP_BATCH];
 	struct mmsghdr out[UDP_BATCH];
-	struct iovec out_iov[UDP_BATCH];
+	struct iovec out_iov[UDP_BATCH][2];   /* [1]: the datagram after a prefix */
 	unsigned char *buffers;   /* UDP_BATCH * UDP_BUFFER_SIZE */
 };
 
@@ -66,6 +66,13 @@ static inline bool udp_batch_truncated(const struct udp_batch *batch, unsigned i
  * receive into slot i again before then.
  */
 void udp_batch_queue(struct udp_batch *batch, unsigned slot, unsigned i);
+
+/*
+ * The same, with `prefix` (len bytes) sent in front of the datagram, in
+ * the same datagram (a PROXY header); prefix must live until the send.
+ */
+void udp_batch_queue_prefixed(struct udp_batch *batch, unsigned slot, unsigned i,
+			      const void *prefix, size_t len);
 
 /*
  * Sends out[first..first+count) on fd. A message the kernel refuses (too big, ...) is
