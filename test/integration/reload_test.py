@@ -34,6 +34,8 @@ import time
 import urllib.error
 import urllib.request
 
+from itest_lib import sample
+
 BIN = os.environ.get('PORTRELAY_BIN')
 QUIET = os.environ.get('PORTRELAY_TEST_QUIET') == '1'
 SKIP = 77
@@ -242,20 +244,6 @@ def http_get(url):
             return resp.status, resp.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
-
-
-def sample(text, name, **labels):
-    """The value of one sample in a Prometheus text page, or None."""
-    for line in text.splitlines():
-        if line.startswith('#'):
-            continue
-        m = re.match(r'([a-z_]+)(?:\{(.*)\})? (\S+)$', line)
-        if not m or m.group(1) != name:
-            continue
-        got = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or ''))
-        if got == labels:
-            return float(m.group(3))
-    return None
 
 
 def reload_metrics(admin):
