@@ -834,6 +834,7 @@ bool forward_same_rule(const struct forward *a, const struct forward *b)
 	       a->max_connections == b->max_connections &&
 	       a->max_connections_per_source == b->max_connections_per_source &&
 	       a->max_flows_per_source == b->max_flows_per_source &&
+	       a->access_log == b->access_log &&
 	       a->freebind == b->freebind && acl_equal(&a->acl, &b->acl);
 }
 

@@ -586,6 +586,13 @@ static int config_forward_proxy_protocol(struct config_file *file,
 	return 0;
 }
 
+static int config_forward_access_log(struct config_file *file, const config_setting_t *setting,
+				     struct forward *fwd, struct config_forward_fields *fields)
+{
+	(void)fields;
+	return config_file_bool(file, setting, "access_log", &fwd->access_log);
+}
+
 static int config_forward_ftp_data_ports(struct config_file *file,
 					 const config_setting_t *setting, struct forward *fwd,
 					 struct config_forward_fields *fields)
@@ -698,6 +705,7 @@ static const struct {
 	{ "ftp", config_forward_ftp },
 	{ "ftp_data_ports", config_forward_ftp_data_ports },
 	{ "proxy_protocol", config_forward_proxy_protocol },
+	{ "access_log", config_forward_access_log },
 	{ "max_connections", config_forward_max_connections },
 	{ "max_connections_per_source", config_forward_max_connections_per_source },
 	{ "max_flows_per_source", config_forward_max_flows_per_source },

@@ -209,23 +209,54 @@ static const char *session_client_text(const struct tcp_session *session, char *
 }
 
 /* Logs the session's summary at debug level, then frees it. */
+/* The address and port the client connected to (on a wildcard bind, the kernel's answer). */
+static const char *session_external_text(const struct tcp_session *session, char *buf,
+					 size_t len)
+{
+	struct net_addr local;
+	if (session->client.fd < 0 || net_local_addr(session->client.fd, &local) < 0) {
+		local = session->forward->external_addr;
+		net_addr_set_port(&local, session->external_port);
+	}
+	net_addr_unmap(&local);
+	return net_addr_format(&local, buf, len);
+}
+
+/*
+ * Logs the session's summary, then frees it: with access_log on its
+ * forward, one line at info (client, the address it connected to, the
+ * internal address, bytes each way, duration, how it ended); else at
+ * debug. Every part is the relay's own text: nothing a peer sent.
+ */
 static void session_end(struct tcp_session *session, const char *reason, bool reset_client,
 			bool reset_internal)
 {
-	if (log_enabled(LOG_LEVEL_DEBUG)) {
-		char client[NET_ADDR_STRLEN], internal[NET_ADDR_STRLEN];
+	bool access = session->forward->access_log;
+	if (access || log_enabled(LOG_LEVEL_DEBUG)) {
+		char client[NET_ADDR_STRLEN], internal[NET_ADDR_STRLEN], external[NET_ADDR_STRLEN];
 		double elapsed = (double)(relay_now_ms() - session->started_ms) / 1000.0;
 		const char *kind = session->kind == SESSION_FTP_DATA ? "ftp passive data"
 				   : session->kind == SESSION_FTP_DATA_ACTIVE ? "ftp active data"
 									      : "tcp";
-		log_debug(session->forward->name,
-			  "%s closed %s -> %s: %llu bytes to internal, %llu bytes to client, "
-			  "%.3f s, %s", kind,
-			  session_client_text(session, client, sizeof client),
-			  session_internal_text(session, internal, sizeof internal),
-			  (unsigned long long)session_bytes_to_internal(session),
-			  (unsigned long long)session_bytes_to_client(session), elapsed,
-			  reason);
+		if (access)
+			log_info(session->forward->name,
+				 "access: %s %s -> %s -> %s: %llu bytes to internal, %llu bytes to "
+				 "client, %.3f s, %s", kind,
+				 session_client_text(session, client, sizeof client),
+				 session_external_text(session, external, sizeof external),
+				 session_internal_text(session, internal, sizeof internal),
+				 (unsigned long long)session_bytes_to_internal(session),
+				 (unsigned long long)session_bytes_to_client(session), elapsed,
+				 reason);
+		else
+			log_debug(session->forward->name,
+				  "%s closed %s -> %s: %llu bytes to internal, %llu bytes to client, "
+				  "%.3f s, %s", kind,
+				  session_client_text(session, client, sizeof client),
+				  session_internal_text(session, internal, sizeof internal),
+				  (unsigned long long)session_bytes_to_internal(session),
+				  (unsigned long long)session_bytes_to_client(session), elapsed,
+				  reason);
 	}
 	session_close(session, reset_client, reset_internal);
 }

@@ -62,7 +62,10 @@ struct udp_port {
 /* The address a client sent to, as the kernel reported it (wildcard binds). */
 struct udp_local {
 	bool known;
-	int level;                     /* IPPROTO_IP (which is 0) or IPPROTO_IPV6 */
+	uint8_t level;                 /* IPPROTO_IP (which is 0) or IPPROTO_IPV6 */
+	/* The flow's flags, here in the padding before the union: flows stay small. */
+	bool replied;                  /* the internal host has answered */
+	uint8_t proxy;                 /* enum proxy_version its datagrams carry, fixed at creation */
 	union {
 		struct in_pktinfo v4;
 		struct in6_pktinfo v6;
@@ -80,15 +83,15 @@ struct udp_flow {
 	int fd;                        /* connected to the internal host:port */
 	socklen_t client_len;
 	union net_sockaddr client;
-	struct udp_local local;
-	bool replied;                  /* the internal host has answered */
-	unsigned char proxy;           /* enum proxy_version its datagrams carry, fixed at creation */
+	struct udp_local local;        /* and the flow's flags replied and proxy */
 	bool source_counted;           /* in the source table (max_flows_per_source) */
 	/* Until replied: in the forward's unreplied list, least recently active first. */
 	TAILQ_ENTRY(udp_flow) unreplied_link;
 	uint64_t created_ms;
 	uint32_t datagrams_to_internal;
 	uint32_t datagrams_to_client;
+	uint64_t bytes_to_internal;    /* for the access log */
+	uint64_t bytes_to_client;
 };
 
 TAILQ_HEAD(udp_flow_list, udp_flow);
@@ -164,24 +167,66 @@ static struct udp_flow *udp_flow_of(struct flow_entry *entry)
 
 /* ---- flows --------------------------------------------------------------- */
 
-static void udp_flow_free(struct udp_forward *forward, struct udp_flow *flow, const char *reason)
+/* The address and port the flow's client sent to. */
+static struct net_addr udp_flow_external(const struct udp_flow *flow)
 {
-	if (reason != NULL && log_enabled(LOG_LEVEL_DEBUG)) {
-		char client[NET_ADDR_STRLEN], internal[NET_ADDR_STRLEN];
-		struct net_addr client_addr;
-		net_addr_set(&client_addr, &flow->client.sa, flow->client_len);
-		struct net_addr internal_addr = forward_internal_addr(forward->fwd, flow->port->port);
+	struct net_addr local = flow->port->forward->fwd->external_addr;
+	if (flow->local.known && flow->local.level == IPPROTO_IP) {
+		struct sockaddr_in sin = { .sin_family = AF_INET,
+					   .sin_addr = flow->local.info.v4.ipi_addr };
+		net_addr_set(&local, (struct sockaddr *)&sin, sizeof sin);
+	} else if (flow->local.known) {
+		struct sockaddr_in6 sin6 = { .sin6_family = AF_INET6,
+					     .sin6_addr = flow->local.info.v6.ipi6_addr };
+		net_addr_set(&local, (struct sockaddr *)&sin6, sizeof sin6);
+	}
+	net_addr_set_port(&local, flow->port->port);
+	net_addr_unmap(&local);
+	return local;
+}
+
+/*
+ * The flow's summary: with access_log on its forward, one line at info
+ * (client, the address it sent to, the internal address, datagrams and
+ * bytes each way, duration, how it ended); else at debug. Only the relay's
+ * own text: nothing a peer sent.
+ */
+static void udp_flow_log_end(const struct udp_forward *forward, const struct udp_flow *flow,
+			     const char *reason)
+{
+	char client[NET_ADDR_STRLEN], external[NET_ADDR_STRLEN], internal[NET_ADDR_STRLEN];
+	struct net_addr client_addr, external_addr = udp_flow_external(flow);
+	net_addr_set(&client_addr, &flow->client.sa, flow->client_len);
+	net_addr_unmap(&client_addr);
+	struct net_addr internal_addr = forward_internal_addr(forward->fwd, flow->port->port);
+	double elapsed = (double)(relay_now_ms() - flow->created_ms) / 1000.0;
+	if (forward->fwd->access_log)
+		log_info(forward->fwd->name,
+			 "access: udp %s -> %s -> %s: %llu datagrams (%llu bytes) to internal, "
+			 "%llu datagrams (%llu bytes) to client, %.3f s, %s",
+			 net_addr_format(&client_addr, client, sizeof client),
+			 net_addr_format(&external_addr, external, sizeof external),
+			 net_addr_format(&internal_addr, internal, sizeof internal),
+			 (unsigned long long)flow->datagrams_to_internal,
+			 (unsigned long long)flow->bytes_to_internal,
+			 (unsigned long long)flow->datagrams_to_client,
+			 (unsigned long long)flow->bytes_to_client, elapsed, reason);
+	else
 		log_debug(forward->fwd->name,
 			  "udp flow closed %s -> %s: %llu datagrams to internal, %llu datagrams "
 			  "to client, %.3f s, %s",
 			  net_addr_format(&client_addr, client, sizeof client),
 			  net_addr_format(&internal_addr, internal, sizeof internal),
 			  (unsigned long long)flow->datagrams_to_internal,
-			  (unsigned long long)flow->datagrams_to_client,
-			  (double)(relay_now_ms() - flow->created_ms) / 1000.0, reason);
-	}
+			  (unsigned long long)flow->datagrams_to_client, elapsed, reason);
+}
+
+static void udp_flow_free(struct udp_forward *forward, struct udp_flow *flow, const char *reason)
+{
+	if (forward->fwd->access_log || (reason != NULL && log_enabled(LOG_LEVEL_DEBUG)))
+		udp_flow_log_end(forward, flow, reason != NULL ? reason : "closed with its forward");
 	flow_table_remove(&forward->flows, &flow->entry);
-	if (!flow->replied)
+	if (!flow->local.replied)
 		TAILQ_REMOVE(&forward->unreplied, flow, unreplied_link);
 	if (flow->source_counted) {
 		uint8_t source[ACL_SOURCE_KEY_LEN];
@@ -263,7 +308,7 @@ static void udp_on_expiry(evutil_socket_t fd, short what, void *arg)
 static void udp_flow_touch(struct udp_forward *forward, struct udp_flow *flow)
 {
 	flow_table_touch(&forward->flows, &flow->entry, relay_now_ms());
-	if (!flow->replied && TAILQ_NEXT(flow, unreplied_link) != NULL) {
+	if (!flow->local.replied && TAILQ_NEXT(flow, unreplied_link) != NULL) {
 		TAILQ_REMOVE(&forward->unreplied, flow, unreplied_link);
 		TAILQ_INSERT_TAIL(&forward->unreplied, flow, unreplied_link);
 	}
@@ -272,9 +317,9 @@ static void udp_flow_touch(struct udp_forward *forward, struct udp_flow *flow)
 /* The internal host answered: two-way traffic, never pushed out by a newcomer. */
 static void udp_flow_replied(struct udp_forward *forward, struct udp_flow *flow)
 {
-	if (flow->replied)
+	if (flow->local.replied)
 		return;
-	flow->replied = true;
+	flow->local.replied = true;
 	TAILQ_REMOVE(&forward->unreplied, flow, unreplied_link);
 }
 
@@ -378,6 +423,8 @@ static void udp_flow_take_replies(struct udp_relay *udp, struct udp_flow *flow,
 		replies->flow_of[slot] = flow;
 	}
 	flow->datagrams_to_client += replies->queued - queued_before;
+	for (unsigned slot = queued_before; slot < replies->queued; slot++)
+		flow->bytes_to_client += batch->out_iov[slot][0].iov_len;
 	udp_flow_touch(forward, flow);
 }
 
@@ -536,7 +583,7 @@ static struct udp_flow *udp_flow_open(struct udp_port *port, const struct flow_k
 	flow->client_len = client_len;
 	flow->created_ms = now;
 	flow->source_counted = per_source != 0;
-	flow->proxy = (unsigned char)forward->fwd->proxy_protocol;
+	flow->local.proxy = (unsigned char)forward->fwd->proxy_protocol;
 	if (flow_table_insert(&forward->flows, &flow->entry, now) < 0)
 		goto fail;
 	bool first_unreplied = TAILQ_EMPTY(&forward->unreplied);
@@ -586,8 +633,12 @@ static struct udp_flow *udp_flow_for(struct udp_port *port, struct udp_batch *ba
 		return udp_flow_of(entry);
 	struct udp_flow *flow = udp_flow_open(port, &key, hash, &batch->from[i],
 					      batch->in[i].msg_hdr.msg_namelen);
-	if (flow != NULL)
-		flow->local = local;
+	if (flow != NULL) {
+		/* The address only: the flags beside it are the flow's own. */
+		flow->local.known = local.known;
+		flow->local.level = local.level;
+		flow->local.info = local.info;
+	}
 	return flow;
 }
 
@@ -598,18 +649,8 @@ static struct udp_flow *udp_flow_for(struct udp_port *port, struct udp_batch *ba
  */
 static size_t udp_flow_proxy_header(const struct udp_flow *flow, uint8_t *header)
 {
-	struct net_addr local = flow->port->forward->fwd->external_addr;
-	if (flow->local.known && flow->local.level == IPPROTO_IP) {
-		struct sockaddr_in sin = { .sin_family = AF_INET,
-					   .sin_addr = flow->local.info.v4.ipi_addr };
-		net_addr_set(&local, (struct sockaddr *)&sin, sizeof sin);
-	} else if (flow->local.known) {
-		struct sockaddr_in6 sin6 = { .sin6_family = AF_INET6,
-					     .sin6_addr = flow->local.info.v6.ipi6_addr };
-		net_addr_set(&local, (struct sockaddr *)&sin6, sizeof sin6);
-	}
-	net_addr_set_port(&local, flow->port->port);
-	return proxy_header_write((enum proxy_version)flow->proxy, PROXY_DGRAM, &flow->client.sa,
+	struct net_addr local = udp_flow_external(flow);
+	return proxy_header_write((enum proxy_version)flow->local.proxy, PROXY_DGRAM, &flow->client.sa,
 				  (const struct sockaddr *)&local.ss, header);
 }
 
@@ -622,7 +663,7 @@ static void udp_flow_send_run(struct udp_batch *batch, struct udp_flow *flow, un
 {
 	struct relay_counters *counters = flow->port->forward->counters;
 	uint8_t header[PROXY_HEADER_MAX];
-	size_t header_len = flow->proxy != PROXY_NONE ? udp_flow_proxy_header(flow, header) : 0;
+	size_t header_len = flow->local.proxy != PROXY_NONE ? udp_flow_proxy_header(flow, header) : 0;
 	for (unsigned i = first; i < last; i++) {
 		if (header_len != 0)
 			udp_batch_queue_prefixed(batch, i - first, i, header, header_len);
@@ -633,6 +674,8 @@ static void udp_flow_send_run(struct udp_batch *batch, struct udp_flow *flow, un
 	counters->udp_dropped_send += (last - first) - sent;
 	counters->udp_datagrams_to_internal += sent;
 	flow->datagrams_to_internal += sent;
+	for (unsigned i = first; i < first + sent; i++)
+		flow->bytes_to_internal += batch->in[i].msg_len;
 	udp_flow_touch(flow->port->forward, flow);
 }
 

@@ -96,6 +96,12 @@ struct forward {
 	 * front of every datagram. Not with ftp.
 	 */
 	enum proxy_version proxy_protocol;
+	/*
+	 * access_log = true: one line at info per finished TCP connection and
+	 * per closed UDP flow (client, external and internal addresses, bytes
+	 * each way, duration, how it ended).
+	 */
+	bool access_log;
 
 	/* Where it came from, for messages: "etc/x.conf:12" or "-L 'tcp:...'". */
 	char origin[CONFIG_ORIGIN_MAX];
