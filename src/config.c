@@ -821,7 +821,7 @@ bool forward_same_target(const struct forward *a, const struct forward *b)
 	return forward_same_place(a, b) && net_addr_same_ip(&a->internal_addr, &b->internal_addr) &&
 	       a->internal_port_first == b->internal_port_first &&
 	       a->internal_port_last == b->internal_port_last && a->ftp == b->ftp &&
-	       a->proxy_protocol == b->proxy_protocol;
+	       a->proxy_protocol == b->proxy_protocol && a->source_client == b->source_client;
 }
 
 bool forward_same_rule(const struct forward *a, const struct forward *b)

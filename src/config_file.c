@@ -442,6 +442,7 @@ struct config_forward_fields {
 	const config_setting_t *ftp;             /* "ftp = true", checked against protocol */
 	const config_setting_t *ftp_data_ports;
 	const config_setting_t *proxy_protocol;  /* checked against protocol and ftp */
+	const config_setting_t *source;          /* checked against ftp */
 	bool has_protocol;
 	bool has_external_port;
 	bool has_internal_ip;
@@ -586,6 +587,20 @@ static int config_forward_proxy_protocol(struct config_file *file,
 	return 0;
 }
 
+static int config_forward_source(struct config_file *file, const config_setting_t *setting,
+				 struct forward *fwd, struct config_forward_fields *fields)
+{
+	const char *text = config_file_string(setting);
+	fields->source = setting;
+	if (text != NULL && strcmp(text, "client") == 0)
+		fwd->source_client = true;
+	else if (text != NULL && strcmp(text, "relay") == 0)
+		fwd->source_client = false;
+	else
+		return config_file_fail(file, setting, "source must be \"relay\" or \"client\"");
+	return 0;
+}
+
 static int config_forward_access_log(struct config_file *file, const config_setting_t *setting,
 				     struct forward *fwd, struct config_forward_fields *fields)
 {
@@ -706,6 +721,7 @@ static const struct {
 	{ "ftp_data_ports", config_forward_ftp_data_ports },
 	{ "proxy_protocol", config_forward_proxy_protocol },
 	{ "access_log", config_forward_access_log },
+	{ "source", config_forward_source },
 	{ "max_connections", config_forward_max_connections },
 	{ "max_connections_per_source", config_forward_max_connections_per_source },
 	{ "max_flows_per_source", config_forward_max_flows_per_source },
@@ -774,6 +790,10 @@ static int config_forward_complete(struct config_file *file, const config_settin
 		return config_file_fail(file, fields->proxy_protocol,
 					"proxy_protocol \"v1\" has no datagrams: protocol \"%s\" "
 					"needs \"v2\"", forward_proto_name(fwd->proto));
+	if (fwd->source_client && fwd->ftp)
+		return config_file_fail(file, fields->source,
+					"source = \"client\" does not go with ftp = true (the "
+					"helper's data connections come from the relay)");
 	if (fwd->proxy_protocol != PROXY_NONE && fwd->ftp)
 		return config_file_fail(file, fields->proxy_protocol,
 					"proxy_protocol does not go with ftp = true (the FTP "

@@ -356,6 +356,11 @@ static void log_totals(const struct config *cfg, const struct relay_counters *c)
 static int run(struct config *config, const struct config_sources *sources,
 	       bool log_level_fixed, unsigned long fd_limit)
 {
+	char err[1024];
+	if (worker_check_transparent(config, err, sizeof err) < 0) {
+		fprintf(stderr, "portrelay: %s\n", err);
+		return EXIT_CONFIG;
+	}
 	unsigned workers = choose_workers(config, fd_limit);
 	struct ruleset *rules = ruleset_new(config, NULL, workers);
 	if (rules == NULL) {

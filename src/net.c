@@ -314,6 +314,54 @@ int net_bind_udp(const struct net_addr *addr, enum net_share share)
 	return fd;
 }
 
+/*
+ * Binds fd to `client`, an address that is not this host's, with
+ * IP_TRANSPARENT (IPV6_TRANSPARENT): what the server sees as the source.
+ */
+static int net_bind_transparent(int fd, const struct net_addr *client)
+{
+	int on = 1;
+	bool v6 = client->ss.ss_family == AF_INET6;
+	if ((v6 ? setsockopt(fd, IPPROTO_IPV6, IPV6_TRANSPARENT, &on, sizeof on)
+		: setsockopt(fd, IPPROTO_IP, IP_TRANSPARENT, &on, sizeof on)) < 0)
+		return -1;
+	/* The client may come back from the same port before the last 4-tuple's TIME_WAIT is over. */
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+	return bind(fd, (const struct sockaddr *)&client->ss, client->len);
+}
+
+int net_connect_transparent(const struct net_addr *addr, const struct net_addr *client, int type)
+{
+	if (addr->ss.ss_family != client->ss.ss_family) {
+		errno = EAFNOSUPPORT;
+		return -1;
+	}
+	int fd = socket(addr->ss.ss_family, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -1;
+	int on = 1;
+	if (type == SOCK_STREAM)
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
+	if (net_bind_transparent(fd, client) < 0 ||
+	    (connect(fd, (const struct sockaddr *)&addr->ss, addr->len) < 0 && errno != EINPROGRESS))
+		return net_close_failed(fd);
+	return fd;
+}
+
+int net_transparent_check(int family)
+{
+	int fd = socket(family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -1;
+	int on = 1;
+	int rc = family == AF_INET6 ? setsockopt(fd, IPPROTO_IPV6, IPV6_TRANSPARENT, &on, sizeof on)
+				    : setsockopt(fd, IPPROTO_IP, IP_TRANSPARENT, &on, sizeof on);
+	int error = errno;
+	close(fd);
+	errno = error;
+	return rc;
+}
+
 int net_connect_udp(const struct net_addr *addr)
 {
 	int fd = socket(addr->ss.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);

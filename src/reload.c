@@ -125,6 +125,10 @@ int reload_run(struct reloader *reloader)
 	if (config_load_sources(&cfg, reloader->sources, err, sizeof err) < 0)
 		goto fail;
 	reload_keep_restart_settings(attempt, &cfg, &running->cfg);
+	if (worker_check_transparent(&cfg, err, sizeof err) < 0) {
+		config_free(&cfg);
+		goto fail;
+	}
 	struct reload_diff diff = reload_compare(&cfg, running);
 	if (diff.enabled == 0) {
 		/* As at start-up; and a file caught half-written must not remove every forward. */

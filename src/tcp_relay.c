@@ -641,6 +641,22 @@ void tcp_session_start_data(struct relay_ctx *ctx, const struct forward *fwd,
 }
 
 /*
+ * source = "client": from the client's own address and port. An IPv6
+ * client of an IPv4 server (or the reverse) cannot be: that connection
+ * comes from the relay's address instead.
+ */
+static int session_connect_transparent(struct tcp_session *session, const struct net_addr *target)
+{
+	struct net_addr client;
+	net_addr_set(&client, &session->client_addr.sa, session->client_addr_len);
+	net_addr_unmap(&client);
+	int fd = net_connect_transparent(target, &client, SOCK_STREAM);
+	if (fd < 0 && errno == EAFNOSUPPORT)
+		fd = net_connect_tcp_from(target, NULL);
+	return fd;
+}
+
+/*
  * Starts the connection towards target, from source if not NULL. -1 (the
  * session is gone) when no socket could be had for lack of descriptors.
  */
@@ -648,7 +664,10 @@ static int session_connect(struct tcp_session *session, const struct net_addr *t
 			   const struct net_addr *source)
 {
 	struct relay_ctx *ctx = session->ctx;
-	session->internal.fd = net_connect_tcp_from(target, source);
+	if (source == NULL && session->forward->source_client)
+		session->internal.fd = session_connect_transparent(session, target);
+	else
+		session->internal.fd = net_connect_tcp_from(target, source);
 	if (session->internal.fd < 0) {
 		int error = errno;
 		session_connect_failed(session, error);

@@ -569,7 +569,17 @@ static struct udp_flow *udp_flow_open(struct udp_port *port, const struct flow_k
 		goto fail;
 	flow->fd = -1;
 	struct net_addr internal = forward_internal_addr(forward->fwd, port->port);
-	flow->fd = net_connect_udp(&internal);
+	if (forward->fwd->source_client) {
+		/* From the client's own address and port (the relay's if the families differ). */
+		struct net_addr from;
+		net_addr_set(&from, &client->sa, client_len);
+		net_addr_unmap(&from);
+		flow->fd = net_connect_transparent(&internal, &from, SOCK_DGRAM);
+		if (flow->fd < 0 && errno == EAFNOSUPPORT)
+			flow->fd = net_connect_udp(&internal);
+	} else {
+		flow->fd = net_connect_udp(&internal);
+	}
 	struct epoll_event interest = { .events = EPOLLIN, .data.ptr = flow };
 	if (flow->fd < 0 ||
 	    epoll_ctl(forward->relay->flow_epoll_fd, EPOLL_CTL_ADD, flow->fd, &interest) < 0)

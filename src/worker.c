@@ -416,6 +416,28 @@ static struct relay_options worker_options(struct worker_pool *pool, const struc
 	return options;
 }
 
+int worker_check_transparent(const struct config *cfg, char *err, size_t len)
+{
+	for (size_t i = 0; i < cfg->forward_count; i++) {
+		const struct forward *fwd = &cfg->forwards[i];
+		if (!fwd->enabled || !fwd->source_client)
+			continue;
+		if (cfg->has_user) {
+			snprintf(err, len, "%s: forward \"%s\": source = \"client\" needs "
+				 "CAP_NET_ADMIN while running, which user = \"%s\" gives up",
+				 fwd->origin, fwd->name, cfg->user);
+			return -1;
+		}
+		if (net_transparent_check(net_addr_family(&fwd->internal_addr)) < 0) {
+			snprintf(err, len, "%s: forward \"%s\": source = \"client\" cannot work "
+				 "here: IP_TRANSPARENT: %s (it needs CAP_NET_ADMIN)", fwd->origin,
+				 fwd->name, strerror(errno));
+			return -1;
+		}
+	}
+	return 0;
+}
+
 unsigned long worker_sockets_needed(const struct config *cfg)
 {
 	unsigned long sockets = 0;

@@ -102,6 +102,12 @@ struct forward {
 	 * each way, duration, how it ended).
 	 */
 	bool access_log;
+	/*
+	 * source = "client": transparent mode, the connection (or flow socket)
+	 * to the internal server is bound to the client's own address and port
+	 * (IP_TRANSPARENT); default "relay": the relay's address.
+	 */
+	bool source_client;
 
 	/* Where it came from, for messages: "etc/x.conf:12" or "-L 'tcp:...'". */
 	char origin[CONFIG_ORIGIN_MAX];

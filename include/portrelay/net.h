@@ -107,6 +107,19 @@ int net_bind_udp(const struct net_addr *addr, enum net_share share);
 int net_connect_udp(const struct net_addr *addr);
 
 /*
+ * Transparent mode (source = "client"): a non-blocking socket of `type`
+ * (SOCK_STREAM: connect started; SOCK_DGRAM: connected) to addr, bound
+ * to `client`, the client's own address and port, with IP_TRANSPARENT, so
+ * that the server sees the client as the source. Needs CAP_NET_ADMIN, and
+ * a route that delivers the server's replies to that foreign address
+ * locally (README). -1 with errno; EAFNOSUPPORT when the families differ.
+ */
+int net_connect_transparent(const struct net_addr *addr, const struct net_addr *client, int type);
+
+/* Whether IP_TRANSPARENT (IPV6_TRANSPARENT) can be set here: 0, or -1 with errno (EPERM). */
+int net_transparent_check(int family);
+
+/*
  * net_connect_tcp from a given local address (any port): the relay's FTP
  * data connections leave from the address their control connection uses.
  */

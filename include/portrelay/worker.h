@@ -19,6 +19,13 @@
 
 struct worker_pool;
 
+/*
+ * Whether the forwards with source = "client" can work here: the process
+ * may set IP_TRANSPARENT (CAP_NET_ADMIN) and keeps the right (no user =).
+ * -1 with the reason, naming the forward, in err.
+ */
+int worker_check_transparent(const struct config *cfg, char *err, size_t len);
+
 /* Sockets one worker binds for cfg: a TCP listener and/or a UDP socket per port. */
 unsigned long worker_sockets_needed(const struct config *cfg);
 
