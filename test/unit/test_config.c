@@ -1237,6 +1237,66 @@ static void test_same_rule_needs_every_field_but_the_origin(void **state)
 	assert_false(forward_same_rule(&ftp_a, &ftp_b));
 }
 
+static void test_source_client_is_read_and_relay_is_the_default(void **state)
+{
+	struct env *env = *state;
+
+	assert_int_equal(load_and_finish(env,
+		"forwards = (\n"                                                    /* 1 */
+		"  { name = \"tp\"; protocol = \"both\"; external_port = 8080;\n"   /* 2 */
+		"    internal_ip = \"198.51.100.1\"; source = \"client\"; },\n"     /* 3 */
+		"  { name = \"plain\"; protocol = \"tcp\"; external_port = 8081;\n" /* 4 */
+		"    internal_ip = \"198.51.100.1\"; },\n"                          /* 5 */
+		"  { name = \"relay\"; protocol = \"udp\"; external_port = 8082;\n" /* 6 */
+		"    internal_ip = \"198.51.100.1\"; source = \"relay\"; }\n"       /* 7 */
+		");\n"), 0);
+	assert_int_equal(env->cfg.forward_count, 3);
+	assert_true(env->cfg.forwards[0].source_client);
+	assert_false(env->cfg.forwards[1].source_client);
+	assert_false(env->cfg.forwards[2].source_client);
+
+	/* Not a change connections may follow across a reload. */
+	struct forward relay = finished_forward(env, PLACE_TCP " " TARGET);
+	struct forward client = finished_forward(env, PLACE_TCP " " TARGET " source = \"client\";");
+	assert_false(relay.source_client);
+	assert_true(client.source_client);
+	assert_true(forward_same_place(&relay, &client));
+	assert_false(forward_same_target(&relay, &client));
+	assert_false(forward_same_rule(&relay, &client));
+}
+
+static void test_source_errors_name_their_line(void **state)
+{
+	struct env *env = *state;
+	static const struct error_case cases[] = {
+		{ ONE_FORWARD("    protocol = \"tcp\"; external_port = 80; internal_ip = \"h\";\n"
+			      "    source = \"server\";\n"),
+		  4, "source must be \"relay\" or \"client\"" },
+		{ ONE_FORWARD("    protocol = \"tcp\"; external_port = 80; internal_ip = \"h\";\n"
+			      "    source = \"Client\";\n"),
+		  4, "source must be \"relay\" or \"client\"" },
+		{ ONE_FORWARD("    protocol = \"tcp\"; external_port = 80; internal_ip = \"h\";\n"
+			      "    source = 1;\n"),
+		  4, "source must be \"relay\" or \"client\"" },
+		{ ONE_FORWARD("    protocol = \"tcp\"; external_port = 21; internal_ip = \"h\";\n"
+			      "    source = \"client\";\n"
+			      "    ftp = true;\n"),
+		  4, "source = \"client\" does not go with ftp = true" },
+		{ ONE_FORWARD("    ftp = true;\n"
+			      "    protocol = \"tcp\"; external_port = 21; internal_ip = \"h\";\n"
+			      "    source = \"client\";\n"),
+		  5, "source = \"client\" does not go with ftp = true" },
+		{ "source = \"client\";\n", 1, "unknown field \"source\"" },
+	};
+
+	check_load_errors(env, CASES(cases));
+	/* source = "relay" beside ftp is the default written out: accepted. */
+	assert_int_equal(load(env, ONE_FORWARD(
+		"    protocol = \"tcp\"; external_port = 21; internal_ip = \"h\";\n"
+		"    ftp = true; source = \"relay\";\n")), 0);
+	assert_false(env->cfg.forwards[0].source_client);
+}
+
 static void test_same_place_is_protocol_address_and_port_range(void **state)
 {
 	struct env *env = *state;
@@ -2066,6 +2126,8 @@ int main(void)
 		TEST(test_control_characters_in_values_come_escaped_in_one_line),
 		TEST(test_same_rule_needs_every_field_but_the_origin),
 		TEST(test_same_place_is_protocol_address_and_port_range),
+		TEST(test_source_client_is_read_and_relay_is_the_default),
+		TEST(test_source_errors_name_their_line),
 		TEST(test_load_sources_reads_the_file_then_the_specs_and_finishes),
 		TEST(test_load_sources_error_names_file_and_line_and_frees),
 	};
