@@ -23,7 +23,8 @@
 #       tcp.connect_timeout (2 s; the server's SYN-ACK to 172.16.2.100 is not
 #       delivered locally), nginx logs nothing, and a DNS query reaches dnsmasq
 #       (logged from 172.16.2.100) but its answer never reaches home; with the
-#       rule back, both work again.
+#       rule back, both work again; and with README's narrower rules instead
+#       (`iif lan0 from LAN_HOST ipproto tcp sport 80`, and udp sport 53).
 #   (d) without CAP_NET_ADMIN (as nobody, and as root without the capability)
 #       and with `user =`, portrelay refuses to start: exit 1 and the reason on
 #       stderr; as nobody, the same forwards without source = "client" start.
@@ -299,6 +300,25 @@ EOF
 		fail "with the rule back, dig: $out"
 	assert_eq "${LAN_HOST%.*}.5" "$out" "with the rule back, dig's answer"
 	log "with the rule back: TCP and UDP work again"
+
+	# README's narrower rules, for a relay host that also routes its LAN: only
+	# the servers' replies (from their address and port) are delivered locally.
+	transparent_rule del
+	ip -n "$NS_ROUTER" rule add iif lan0 from "$LAN_HOST" ipproto tcp sport 80 lookup 100
+	ip -n "$NS_ROUTER" rule add iif lan0 from "$LAN_HOST" ipproto udp sport 53 lookup 100
+	out=$(on_home curl -sS --max-time 10 --interface "$HOME_HOST" "$url/index.html?narrow") || fail "with the narrow rules, curl: $out"
+	assert_eq "hello from the LAN host" "$out" "with the narrow rules, the body"
+	line=$(wait_line "$n/access.log" '"GET /index.html\?narrow ') || fail "nginx logged no request for ?narrow"
+	log "narrow rules (iif lan0 from $LAN_HOST ipproto tcp sport 80 / udp sport 53): LAN nginx access.log: $line"
+	[[ $line == "remote_addr=$HOME_HOST "* ]] || fail "with the narrow rules, nginx should see $HOME_HOST: $line"
+	out=$(on_home dig +short +time=2 +tries=2 +notcp -b "$HOME_HOST" @"$WAN_ROUTER" narrow.example.test A) ||
+		fail "with the narrow rules, dig: $out"
+	assert_eq "${LAN_HOST%.*}.5" "$out" "with the narrow rules, dig's answer"
+	line=$(wait_line "$d/dnsmasq.log" 'query\[A\] narrow\.example\.test from ') || fail "dnsmasq logged no query for narrow.example.test"
+	log "narrow rules: LAN dnsmasq.log: $line"
+	ip -n "$NS_ROUTER" rule del iif lan0 from "$LAN_HOST" ipproto tcp sport 80 lookup 100
+	ip -n "$NS_ROUTER" rule del iif lan0 from "$LAN_HOST" ipproto udp sport 53 lookup 100
+	transparent_rule add
 
 	stop_portrelay
 
