@@ -25,9 +25,12 @@
 #       (logged from 172.16.2.100) but its answer never reaches home; with the
 #       rule back, both work again; and with README's narrower rules instead
 #       (`iif lan0 from LAN_HOST ipproto tcp sport 80`, and udp sport 53).
-#   (d) without CAP_NET_ADMIN (as nobody, and as root without the capability)
-#       and with `user =`, portrelay refuses to start: exit 1 and the reason on
-#       stderr; as nobody, the same forwards without source = "client" start.
+#   (d) without CAP_NET_ADMIN (as nobody, and as root without it and
+#       CAP_NET_RAW, which the kernel also accepts) and with `user =`, portrelay
+#       refuses to start: exit 1 and the reason on stderr; as nobody holding
+#       CAP_NET_ADMIN alone (ambient, as README's systemd drop-in) it starts and
+#       nginx sees the home client; as nobody, the same forwards without
+#       source = "client" start.
 # The LAN servers' log lines are printed.
 
 E2E_NEEDS=(nginx curl dnsmasq dig python3 setpriv)
@@ -356,6 +359,31 @@ EOF
 	log "as root with user = \"nobody\": exit $rc, stderr: $(tr '\n' ' ' <"$err")"
 	assert_eq 1 "$rc" "exit status with user ="
 	assert_file_contains "$err" 'source = "client" needs CAP_NET_ADMIN while running, which user = "nobody" gives up' "stderr with user ="
+
+	# As nobody holding CAP_NET_ADMIN alone (ambient), as the systemd unit's
+	# drop-in in README gives it: it starts, and nginx sees the home client.
+	relay_conf 'source = "client";' 18080 15353 15300 >"$conf"
+	start_bg amb "$NS_ROUTER" "$E2E_TMP/tp-amb.log" setpriv --reuid=nobody --regid=nogroup --clear-groups \
+		--inh-caps=-all,+net_admin --ambient-caps=+net_admin "$PORTRELAY_BIN" -c "$conf" -l debug
+	local i
+	for ((i = 0; i < 200; i++)); do
+		grep -q ready "$E2E_TMP/tp-amb.log" && break
+		# shellcheck disable=SC2154
+		alive "$PID_amb" || fail "as nobody with CAP_NET_ADMIN, portrelay exited: $(cat "$E2E_TMP/tp-amb.log")"
+		sleep 0.05
+	done
+	grep -q ready "$E2E_TMP/tp-amb.log" || fail "as nobody with CAP_NET_ADMIN: not ready after 10 s"
+	log "as nobody with CAP_NET_ADMIN only (ambient): $(grep -m1 CapEff "/proc/$PID_amb/status" | tr '\t' ' '), ready"
+	out=$(on_home curl -sS --max-time 10 --interface "$HOME_HOST" "http://$WAN_ROUTER:18080/index.html?ambient") ||
+		fail "as nobody with CAP_NET_ADMIN, curl: $out"
+	assert_eq "hello from the LAN host" "$out" "as nobody with CAP_NET_ADMIN, the body"
+	line=$(wait_line "$n/access.log" '"GET /index.html\?ambient ') || fail "nginx logged no request for ?ambient"
+	log "as nobody with CAP_NET_ADMIN: LAN nginx access.log: $line"
+	[[ $line == "remote_addr=$HOME_HOST "* ]] || fail "as nobody with CAP_NET_ADMIN, nginx should see $HOME_HOST: $line"
+	kill -TERM "$PID_amb"
+	rc=0
+	wait "$PID_amb" || rc=$?
+	assert_eq 0 "$rc" "exit status after SIGTERM, as nobody with CAP_NET_ADMIN"
 
 	# Control: as nobody, the same forwards without source = "client" start.
 	relay_conf '' 18080 15353 15300 >"$conf"
