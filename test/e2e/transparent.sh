@@ -18,7 +18,8 @@
 #       a download's sha256 matches; the control forward shows 192.168.20.1.
 #   (b) dig and 100 DNS clients: dnsmasq logs every query from 172.16.2.100,
 #       each answer right; the UDP server sees each client socket's own
-#       address and port, and payloads (up to 8000 bytes) come back intact.
+#       address and port, and payloads (up to 8000 bytes) come back intact;
+#       clients sending from the forward's own port (TCP 8080, UDP 53) pass.
 #   (c) the `ip rule` removed: the same TCP connection is reset after
 #       tcp.connect_timeout (2 s; the server's SYN-ACK to 172.16.2.100 is not
 #       delivered locally), nginx logs nothing, and a DNS query reaches dnsmasq
@@ -275,6 +276,20 @@ EOF
 	done <<<"$out"
 	while IFS= read -r line; do log "LAN udp server log: $line"; done <"$u/udp.log"
 	log "UDP: dnsmasq and the UDP server saw $HOME_HOST with each client socket's own port; answers intact"
+
+	# A client whose own port is the forward's port (WireGuard, NTP, IKE, DNS
+	# servers do that): the relay's socket towards the server takes that port
+	# on the client's address, beside the relay's listener on WAN_ROUTER.
+	out=$(on_home curl -sS --max-time 10 --interface "$HOME_HOST" --local-port 8080 "$url/index.html?sameport") ||
+		fail "curl from $HOME_HOST:8080 to $WAN_ROUTER:8080: $out"
+	assert_eq "hello from the LAN host" "$out" "the body, client port 8080"
+	line=$(wait_line "$n/access.log" '"GET /index.html\?sameport ') || fail "nginx logged no request for ?sameport"
+	log "client port 8080 -> $WAN_ROUTER:8080: LAN nginx access.log: $line"
+	[[ $line == "remote_addr=$HOME_HOST remote_port=8080 "* ]] || fail "client port 8080: nginx should see $HOME_HOST:8080: $line"
+	out=$(on_home dig +short +time=2 +tries=2 +notcp -b "$HOME_HOST#53" @"$WAN_ROUTER" sameport.example.test A) ||
+		fail "dig from $HOME_HOST#53: $out"
+	assert_eq "${LAN_HOST%.*}.5" "$out" "dig's answer, client port 53"
+	log "client port 53 -> $WAN_ROUTER:53: answered; LAN dnsmasq.log: $(wait_line "$d/dnsmasq.log" 'query\[A\] sameport\.example\.test from ')"
 
 	# (c) Without the rule, the server's replies to the foreign address are
 	# not delivered: the same connection times out and the datagram's answer is lost.
