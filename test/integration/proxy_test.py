@@ -21,7 +21,9 @@
                           dual stack, `both`; a datagram too large to carry
                           the header is dropped whole and the flow goes on
     proxy_test.py config  v1 with udp or both, v1/v2 with ftp, "v3", a number:
-                          exit 1 naming file:line
+                          exit 1 naming file:line; SIGHUP turning "v2" on
+                          and off: open connections and UDP flows keep the
+                          rule they started with, new ones take the new one
 
 The servers parse the header themselves (parse_proxy: HAProxy's specification,
 strict). PORTRELAY_BIN names the binary (meson sets it); without it the test
@@ -896,6 +898,90 @@ def test_config_errors(tmp):
           'config: proxy_protocol = 2 (a number): exit 1 naming line 4 (%r)' % proc.stderr.strip())
 
 
+def test_reload(tmp):
+    """SIGHUP turns proxy_protocol on, then off: connections and UDP flows keep what they
+    started with (no header in the middle of a stream, none added to an old flow, none
+    taken from one); new ones follow the new rule. The servers here read no header: they
+    record and echo the raw bytes, a header included."""
+    ts = TcpServer(SERVER4, header=False)
+    us = UdpServer(SERVER4, header=False)
+    tp, up = fresh_port(), fresh_port()
+    dest_t, dest_u = (EXTERNAL4, tp), (EXTERNAL4, up)
+
+    def text(pp):
+        return conf([fwd('t', 'tcp', EXTERNAL4, tp, SERVER4, ts.port, pp),
+                     fwd('u', 'udp', EXTERNAL4, up, SERVER4, us.port, pp)])
+    relay = Relay(tmp, text(None))
+    socks = []
+
+    def reload(pp, n):
+        with open(relay.path, 'w') as f:
+            f.write(text(pp))
+        relay.proc.send_signal(signal.SIGHUP)
+        return relay.wait_line('reload %d: applied' % n)
+
+    def tcp_conn():
+        c = connect(dest_t, CLIENT4)
+        socks.append(c)
+        return c
+
+    def udp_sock():
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u.bind((CLIENT4, 0))
+        socks.append(u)
+        return u
+
+    def echoed(c, data, header=0):
+        """Whether data comes back (after `header` bytes of an echoed header)."""
+        c.sendall(data)
+        return recv_exact(c, header + len(data)).endswith(data)
+
+    def udp_echoed(u, data, header=0):
+        back = udp_ask(u, dest_u, data)
+        return back is not None and len(back) == header + len(data) and back.endswith(data)
+    try:
+        before, ubefore = tcp_conn(), udp_sock()
+        ok = echoed(before, b'b1') and udp_echoed(ubefore, b'ub1')
+        check(reload('v2', 1), 'reload: proxy_protocol "v2" applied')
+        during, uduring = tcp_conn(), udp_sock()
+        during_port = during.getsockname()[1]
+        ok &= echoed(during, b'd1', 28) and udp_echoed(uduring, b'ud1', 28)
+        ok &= echoed(before, b'b2') and udp_echoed(ubefore, b'ub2')
+        check(reload(None, 2), 'reload: proxy_protocol removed, applied')
+        after, uafter = tcp_conn(), udp_sock()
+        ok &= echoed(after, b'a1') and udp_echoed(uafter, b'ua1')
+        ok &= echoed(during, b'd2') and udp_echoed(uduring, b'ud2', 28)
+        check(ok, 'reload: every echo came back')
+        for c in socks:
+            c.close()
+        streams = {r['first'][-4:]: r['first'] for r in ts.wait(3)}
+        d = streams.get(b'd1d2', b'')
+        got = None
+        try:
+            got = parse_proxy(d)
+        except ProxyError:
+            pass
+        check(streams.get(b'b1b2') == b'b1b2',
+              'reload: the connection opened before "v2" never gets a header (%r)'
+              % streams.get(b'b1b2'))
+        check(got is not None and got[1] == len(d) - 4 and
+              got[0]['src'] == (CLIENT4, during_port),
+              'reload: the connection opened under "v2" has its one header, and nothing more '
+              'after the option was removed (%r)' % d)
+        check(streams.get(b'a1') == b'a1', 'reload: a connection opened after the removal gets '
+              'no header (%r)' % streams.get(b'a1'))
+        raw = [r['payload'] for r in us.records]
+        with_header = [x for x in raw if x[:12] == V2_SIG]
+        check(b'ub1' in raw and b'ub2' in raw and b'ua1' in raw and len(with_header) == 2 and
+              with_header[0].endswith(b'ud1') and with_header[1].endswith(b'ud2'),
+              'reload: the UDP flow from before keeps no header, the one made under "v2" keeps '
+              'it after the removal, a new one has none (%r)' % raw)
+    finally:
+        for c in socks:
+            c.close()
+        check(relay.stop() == 0, 'reload: the relay exits 0')
+
+
 def main():
     if not BIN:
         print('PORTRELAY_BIN is not set; skipping')
@@ -904,7 +990,7 @@ def main():
     tests = {
         'tcp': [test_parser, test_tcp_addresses, test_tcp_ordering, test_tcp_slow_connect],
         'udp': [test_udp],
-        'config': [test_config_errors],
+        'config': [test_config_errors, test_reload],
     }[part]
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix='portrelay-proxy-') as tmp:
