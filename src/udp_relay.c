@@ -64,8 +64,9 @@ struct udp_local {
 	bool known;
 	uint8_t level;                 /* IPPROTO_IP (which is 0) or IPPROTO_IPV6 */
 	/* The flow's flags, here in the padding before the union: flows stay small. */
-	bool replied;                  /* the internal host has answered */
 	uint8_t proxy;                 /* enum proxy_version its datagrams carry, fixed at creation */
+	bool replied : 1;              /* the internal host has answered */
+	bool transparent : 1;          /* bound to the client's address: holds no local port */
 	union {
 		struct in_pktinfo v4;
 		struct in6_pktinfo v6;
@@ -235,6 +236,8 @@ static void udp_flow_free(struct udp_forward *forward, struct udp_flow *flow, co
 	}
 	atomic_fetch_sub(forward->flows_open, 1);
 	atomic_fetch_sub(forward->ctx->options.udp_flows_total, 1);
+	if (!flow->local.transparent)
+		atomic_fetch_sub(forward->ctx->options.udp_ported_total, 1);
 	close(flow->fd);   /* also leaves the epoll set: the fd is not shared */
 	free(flow);
 }
@@ -518,12 +521,18 @@ static bool udp_take_place(struct udp_forward *forward, atomic_uint *open, unsig
  */
 static bool udp_take_budget(struct udp_forward *forward, struct relay_options *options)
 {
+	/* A flow of a source = "client" forward takes the client's port, not one of the host's. */
+	bool ported = !forward->fwd->source_client;
 	for (int attempt = 0; attempt < 2; attempt++) {
 		unsigned open = atomic_fetch_add(options->udp_flows_total, 1);
+		unsigned with_port = ported ? atomic_fetch_add(options->udp_ported_total, 1) : 0;
 		unsigned long tcp_fds = 2ul * atomic_load(options->tcp_open_total);
-		if (open < options->max_udp_flows && relay_fds_allow(options, open + 1ul, tcp_fds))
+		if (open < options->max_udp_flows && with_port < options->max_udp_ported &&
+		    relay_fds_allow(options, open + 1ul, tcp_fds))
 			return true;
 		atomic_fetch_sub(options->udp_flows_total, 1);
+		if (ported)
+			atomic_fetch_sub(options->udp_ported_total, 1);
 		if (attempt == 0 && !udp_evict_one(forward))
 			return false;
 	}
@@ -594,6 +603,7 @@ static struct udp_flow *udp_flow_open(struct udp_port *port, const struct flow_k
 	flow->created_ms = now;
 	flow->source_counted = per_source != 0;
 	flow->local.proxy = (unsigned char)forward->fwd->proxy_protocol;
+	flow->local.transparent = forward->fwd->source_client;
 	if (flow_table_insert(&forward->flows, &flow->entry, now) < 0)
 		goto fail;
 	bool first_unreplied = TAILQ_EMPTY(&forward->unreplied);
@@ -611,6 +621,8 @@ fail:;
 	int error = errno;
 	atomic_fetch_sub(forward->flows_open, 1);
 	atomic_fetch_sub(options->udp_flows_total, 1);
+	if (!forward->fwd->source_client)
+		atomic_fetch_sub(options->udp_ported_total, 1);
 	if (per_source != 0)
 		source_table_release(options->sources, forward->fwd->stats, source);
 	if (flow != NULL) {

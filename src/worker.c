@@ -85,6 +85,8 @@ struct worker_pool {
 	atomic_uint udp_flows_total;
 	unsigned max_connections;
 	unsigned max_udp_flows;
+	unsigned max_udp_ported;
+	atomic_uint udp_ported_total;
 	unsigned fd_spare;
 	unsigned fd_reserve;
 	bool tcp_unbudgeted;           /* an explicit max_connections is the only TCP bound */
@@ -410,6 +412,8 @@ static struct relay_options worker_options(struct worker_pool *pool, const struc
 	options.max_connections = pool->max_connections;
 	options.udp_flows_total = &pool->udp_flows_total;
 	options.max_udp_flows = pool->max_udp_flows;
+	options.udp_ported_total = &pool->udp_ported_total;
+	options.max_udp_ported = pool->max_udp_ported;
 	options.fd_spare = pool->fd_spare;
 	options.fd_reserve = pool->fd_reserve;
 	options.tcp_unbudgeted = pool->tcp_unbudgeted;
@@ -430,7 +434,7 @@ int worker_check_transparent(const struct config *cfg, char *err, size_t len)
 		}
 		if (net_transparent_check(net_addr_family(&fwd->internal_addr)) < 0) {
 			snprintf(err, len, "%s: forward \"%s\": source = \"client\" cannot work "
-				 "here: IP_TRANSPARENT: %s (it needs CAP_NET_ADMIN)", fwd->origin,
+				 "here: IP_TRANSPARENT: %s (it needs CAP_NET_ADMIN or CAP_NET_RAW)", fwd->origin,
 				 fwd->name, strerror(errno));
 			return -1;
 		}
@@ -495,16 +499,22 @@ static void worker_pool_size_budgets(struct worker_pool *pool, const struct conf
 		pool->tcp_unbudgeted = true;
 	}
 	unsigned long flows = spare - reserve;
+	/* Flows that take a local port each (not those of source = "client" forwards). */
+	unsigned long ported = flows;
 	unsigned long ports = worker_local_ports();
-	if (ports != 0 && flows > ports * 9 / 10)
-		flows = ports * 9 / 10;
+	if (ports != 0 && ported > ports * 9 / 10)
+		ported = ports * 9 / 10;
 	pool->fd_spare = spare > UINT_MAX ? UINT_MAX : (unsigned)spare;
 	pool->fd_reserve = reserve > UINT_MAX ? UINT_MAX : (unsigned)reserve;
 	pool->max_connections = connections > UINT_MAX ? UINT_MAX : (unsigned)connections;
 	pool->max_udp_flows = flows > UINT_MAX ? UINT_MAX : (unsigned)flows;
+	pool->max_udp_ported = ported > UINT_MAX ? UINT_MAX : (unsigned)ported;
 	log_info(NULL, "admission: up to %u tcp connections and %u udp flows at once, together "
 		 "within %lu descriptors of which each keeps %lu for itself (open-files limit %lu)",
-		 pool->max_connections, pool->max_udp_flows, spare, reserve, fd_limit);
+		 pool->max_connections, pool->max_udp_ported, spare, reserve, fd_limit);
+	if (pool->max_udp_flows > pool->max_udp_ported)
+		log_info(NULL, "admission: udp flows of source = \"client\" forwards take no local "
+			 "port: up to %u flows with them", pool->max_udp_flows);
 }
 
 static int worker_open(struct worker *worker, struct ruleset *rules, unsigned count,
@@ -575,6 +585,7 @@ struct worker_pool *worker_pool_open(struct ruleset *rules, unsigned count,
 	pool->rules = ruleset_ref(rules);
 	atomic_init(&pool->tcp_open_total, 0);
 	atomic_init(&pool->udp_flows_total, 0);
+	atomic_init(&pool->udp_ported_total, 0);
 	pool->sources = source_table_new();
 	pool->workers = calloc(count, sizeof *pool->workers);
 	if (pool->workers == NULL || pool->sources == NULL) {

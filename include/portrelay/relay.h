@@ -76,6 +76,9 @@ struct relay_options {
 	unsigned max_connections;
 	atomic_uint *udp_flows_total;  /* UDP flows open in every worker */
 	unsigned max_udp_flows;
+	/* Of those, the flows that take a local port (not source = "client"). */
+	atomic_uint *udp_ported_total;
+	unsigned max_udp_ported;
 	/*
 	 * Descriptors TCP connections (two each) and UDP flows (one each)
 	 * share, and what each keeps for itself: the other may take all but
