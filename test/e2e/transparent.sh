@@ -350,7 +350,7 @@ EOF
 		"$PORTRELAY_BIN" -c "$conf" >/dev/null 2>"$err" || rc=$?
 	log "as nobody: exit $rc, stderr: $(tr '\n' ' ' <"$err")"
 	assert_eq 1 "$rc" "exit status as nobody with source = \"client\""
-	assert_file_contains "$err" 'forward "web": source = "client" cannot work here: IP_TRANSPARENT: Operation not permitted \(it needs CAP_NET_ADMIN\)' "stderr as nobody"
+	assert_file_contains "$err" 'forward "web": source = "client" cannot work here: IP_TRANSPARENT: Operation not permitted \(it needs CAP_NET_ADMIN or CAP_NET_RAW\)' "stderr as nobody"
 
 	# IP_TRANSPARENT takes CAP_NET_ADMIN or CAP_NET_RAW (ip(7)): root without both.
 	rc=0
