@@ -801,6 +801,10 @@ int config_load_sources(struct config *cfg, const struct config_sources *sources
 		if (config_add_spec(cfg, sources->specs[i], err, err_len) < 0)
 			goto fail;
 	}
+	/* The daemon's own rules come last: the hand-written ones keep their lines first. */
+	if (cfg->admin_rules_file[0] != '\0' &&
+	    config_load_rules_file(cfg, cfg->admin_rules_file, err, err_len) < 0)
+		goto fail;
 	if (config_finish(cfg, err, err_len) < 0)
 		goto fail;
 	return 0;

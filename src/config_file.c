@@ -925,7 +925,7 @@ static int config_file_admin(struct config *cfg, struct config_file *file,
 	if (!config_setting_is_group(group))
 		return config_file_fail(file, group, "admin must be a group { ... }");
 	/* The group as a whole: nothing of an earlier one stays. */
-	cfg->admin_listen[0] = cfg->admin_token_file[0] = '\0';
+	cfg->admin_listen[0] = cfg->admin_token_file[0] = cfg->admin_rules_file[0] = '\0';
 	cfg->admin_unix = false;
 	for (int i = 0; i < config_setting_length(group); i++) {
 		const config_setting_t *setting = config_setting_get_elem(group, (unsigned)i);
@@ -943,6 +943,14 @@ static int config_file_admin(struct config *cfg, struct config_file *file,
 						      "admin.token_file must be a non-empty path");
 			else
 				snprintf(cfg->admin_token_file, sizeof cfg->admin_token_file,
+					 "%s", text);
+		} else if (strcmp(name, "rules_file") == 0) {
+			if (text == NULL || text[0] == '\0' ||
+			    strlen(text) >= sizeof cfg->admin_rules_file)
+				rc = config_file_fail(file, setting,
+						      "admin.rules_file must be a non-empty path");
+			else
+				snprintf(cfg->admin_rules_file, sizeof cfg->admin_rules_file,
 					 "%s", text);
 		} else {
 			rc = config_file_fail(file, setting, "unknown field \"admin.%s\"", name);
@@ -1080,7 +1088,25 @@ static int config_file_read_error(const config_t *lc, const char *path, char *er
 	return config_fail(err, err_len, where, "", "syntax error: %s", text);
 }
 
-int config_load_file(struct config *cfg, const char *path, char *err, size_t err_len)
+/* The rules file's top level: its forwards and nothing else. */
+static int config_file_rules_root(struct config *cfg, struct config_file *file,
+				  const config_setting_t *root)
+{
+	for (int i = 0; i < config_setting_length(root); i++) {
+		const config_setting_t *setting = config_setting_get_elem(root, (unsigned)i);
+		if (strcmp(config_setting_name(setting), "forwards") != 0)
+			return config_file_fail(file, setting, "\"%s\": admin.rules_file holds "
+						"forwards only", config_setting_name(setting));
+		if (config_file_forwards(cfg, file, setting) < 0)
+			return -1;
+	}
+	return 0;
+}
+
+/* Reads one file with `root` for its top level; a bad file adds no forwards. */
+static int config_load_with(struct config *cfg, const char *path, char *err, size_t err_len,
+			    int (*root)(struct config *, struct config_file *,
+					const config_setting_t *))
 {
 	struct config_file file = { .path = path, .err = err, .err_len = err_len };
 	size_t count_before = cfg->forward_count;
@@ -1099,11 +1125,29 @@ int config_load_file(struct config *cfg, const char *path, char *err, size_t err
 	if (config_read(&lc, stream) != CONFIG_TRUE)
 		rc = config_file_read_error(&lc, path, err, err_len);
 	else
-		rc = config_file_root(cfg, &file, config_root_setting(&lc));
+		rc = root(cfg, &file, config_root_setting(&lc));
 	fclose(stream);
 	/* Every string was copied out; nothing points into lc any more. */
 	config_destroy(&lc);
 	if (rc < 0)
 		cfg->forward_count = count_before;   /* a bad file adds no forwards */
 	return rc;
+}
+
+int config_load_file(struct config *cfg, const char *path, char *err, size_t err_len)
+{
+	return config_load_with(cfg, path, err, err_len, config_file_root);
+}
+
+int config_load_rules_file(struct config *cfg, const char *path, char *err, size_t err_len)
+{
+	struct stat st;
+	if (stat(path, &st) < 0 && errno == ENOENT)
+		return 0;   /* no rule added through the API yet */
+	size_t first = cfg->forward_count;
+	if (config_load_with(cfg, path, err, err_len, config_file_rules_root) < 0)
+		return -1;
+	for (size_t i = first; i < cfg->forward_count; i++)
+		cfg->forwards[i].from_rules_file = true;
+	return 0;
 }

@@ -265,6 +265,8 @@ static void json_rule(FILE *out, const struct forward *fwd)
 	json_ports(out, fwd->internal_port_first, fwd->internal_port_last);
 	fprintf(out, ",\"enabled\":%s,\"ftp\":%s", fwd->enabled ? "true" : "false",
 		fwd->ftp ? "true" : "false");
+	/* Rules of the hand-written file or -L are read-only; admin.rules_file's are not. */
+	fprintf(out, ",\"read_only\":%s", fwd->from_rules_file ? "false" : "true");
 }
 
 /* The sockets the forward listens on (in every worker): one entry per protocol. */

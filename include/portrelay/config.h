@@ -108,6 +108,8 @@ struct forward {
 	 * (IP_TRANSPARENT); default "relay": the relay's address.
 	 */
 	bool source_client;
+	/* It came from admin.rules_file (editable by the API), not the hand-written file or -L. */
+	bool from_rules_file;
 
 	/* Where it came from, for messages: "etc/x.conf:12" or "-L 'tcp:...'". */
 	char origin[CONFIG_ORIGIN_MAX];
@@ -181,6 +183,12 @@ struct config {
 	bool admin_unix;
 	struct net_addr admin_addr;         /* with the port; when !admin_unix */
 	char admin_token_file[CONFIG_ORIGIN_MAX];   /* empty: no token asked */
+	/*
+	 * admin.rules_file: forwards the daemon owns (the Port Forwarding API's),
+	 * loaded after the -c file and the -L flags, at start and at every
+	 * reload; empty: none. A missing file holds no forward.
+	 */
+	char admin_rules_file[CONFIG_ORIGIN_MAX];
 
 	struct forward *forwards;           /* enabled and disabled, in order */
 	size_t forward_count;
@@ -198,6 +206,13 @@ void config_free(struct config *cfg);
 
 /* Reads a libconfig file: global settings and its forwards (appended). */
 int config_load_file(struct config *cfg, const char *path, char *err, size_t err_len);
+
+/*
+ * Reads admin.rules_file: forwards only (anything else is an error naming
+ * its line), appended and marked from_rules_file. A file that does not
+ * exist holds no forward: 0.
+ */
+int config_load_rules_file(struct config *cfg, const char *path, char *err, size_t err_len);
 
 /* Parses one -L SPEC and appends the forward. */
 int config_add_spec(struct config *cfg, const char *spec, char *err, size_t err_len);

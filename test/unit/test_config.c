@@ -1368,6 +1368,67 @@ static const char sources_file[] =
 	"    internal_port = 53; enabled = false; }\n"
 	");\n";
 
+/*
+ * admin.rules_file: the daemon's own forwards, read after the hand-written
+ * file and the specs, marked, and nothing but forwards.
+ */
+static void test_rules_file_comes_last_and_is_marked(void **state)
+{
+	struct env *env = *state;
+	char text[1024];
+	snprintf(text, sizeof text,
+		 "admin = { listen = \"127.0.0.1:9330\"; rules_file = \"%s\"; };\n"
+		 "forwards = (\n"
+		 "  { name = \"hand\"; protocol = \"tcp\"; external_address = \"127.0.0.1\";\n"
+		 "    external_port = 8080; internal_ip = \"127.0.0.2\"; internal_port = 80; }\n"
+		 ");\n", env->include_path);
+	write_file(env->path, text);
+	const char *const specs[] = { "tcp:127.0.0.1:9090:127.0.0.2:90" };
+	const struct config_sources sources = { .path = env->path, .specs = specs, .spec_count = 1 };
+
+	/* No rules file yet: nothing was added through the API. */
+	assert_int_equal(config_load_sources(&env->cfg, &sources, env->err, sizeof env->err), 0);
+	assert_string_equal(env->cfg.admin_rules_file, env->include_path);
+	assert_int_equal(env->cfg.forward_count, 2);
+	assert_false(env->cfg.forwards[0].from_rules_file);
+	assert_false(env->cfg.forwards[1].from_rules_file);
+	config_free(&env->cfg);
+
+	write_file(env->include_path,
+		   "forwards = ( { name = \"api\"; protocol = \"udp\"; external_address = \"127.0.0.1\";\n"
+		   "  external_port = 5353; internal_ip = \"127.0.0.2\"; internal_port = 53; } );\n");
+	assert_int_equal(config_load_sources(&env->cfg, &sources, env->err, sizeof env->err), 0);
+	assert_int_equal(env->cfg.forward_count, 3);
+	assert_string_equal(env->cfg.forwards[2].name, "api");
+	assert_true(env->cfg.forwards[2].from_rules_file);
+	assert_false(env->cfg.forwards[0].from_rules_file);
+	char origin[256];
+	snprintf(origin, sizeof origin, "%s:1", env->include_path);
+	assert_string_equal(env->cfg.forwards[2].origin, origin);
+	config_free(&env->cfg);
+
+	/* Anything but forwards there is an error naming its line. */
+	write_file(env->include_path, "forwards = ();\nworkers = 4;\n");
+	assert_int_equal(config_load_sources(&env->cfg, &sources, env->err, sizeof env->err), -1);
+	snprintf(origin, sizeof origin, "%s:2: ", env->include_path);
+	assert_non_null(strstr(env->err, origin));
+	assert_non_null(strstr(env->err, "forwards only"));
+
+	/* Its rules are checked against the hand-written ones like any others. */
+	write_file(env->include_path,
+		   "forwards = ( { name = \"dup\"; protocol = \"tcp\"; external_address = \"127.0.0.1\";\n"
+		   "  external_port = 8080; internal_ip = \"127.0.0.3\"; internal_port = 80; } );\n");
+	assert_int_equal(config_load_sources(&env->cfg, &sources, env->err, sizeof env->err), -1);
+	assert_non_null(strstr(env->err, "overlaps"));
+}
+
+static void test_rules_file_must_be_a_path(void **state)
+{
+	struct env *env = *state;
+	assert_int_equal(load(env, "admin = { listen = \"127.0.0.1:9330\"; rules_file = \"\"; };\n"), -1);
+	assert_non_null(strstr(env->err, ":1: admin.rules_file must be a non-empty path"));
+}
+
 static void test_load_sources_reads_the_file_then_the_specs_and_finishes(void **state)
 {
 	struct env *env = *state;
@@ -2128,6 +2189,8 @@ int main(void)
 		TEST(test_same_place_is_protocol_address_and_port_range),
 		TEST(test_source_client_is_read_and_relay_is_the_default),
 		TEST(test_source_errors_name_their_line),
+		TEST(test_rules_file_comes_last_and_is_marked),
+		TEST(test_rules_file_must_be_a_path),
 		TEST(test_load_sources_reads_the_file_then_the_specs_and_finishes),
 		TEST(test_load_sources_error_names_file_and_line_and_frees),
 	};

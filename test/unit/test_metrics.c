@@ -255,8 +255,11 @@ static void test_json_has_rules_listeners_and_counters(void **state)
 	assert_non_null(strstr(text, "\"tcp_connect_failures_total\":{\"refused\":0,"
 				     "\"timeout\":0,\"other\":1}"));
 	assert_non_null(strstr(text, "\"udp_flows_active\":2"));
+	/* A hand-written rule is read-only; one of admin.rules_file is not. */
+	assert_non_null(strstr(text, "\"ftp\":false,\"read_only\":true,\"listeners\":[{"));
 	/* A disabled forward is listed, with its rule, and listens nowhere. */
-	assert_non_null(strstr(text, "\"enabled\":false,\"ftp\":false,\"listeners\":[],"));
+	assert_non_null(strstr(text, "\"enabled\":false,\"ftp\":false,\"read_only\":true,"
+				     "\"listeners\":[],"));
 	assert_non_null(strstr(text, "\"reloads_total\":{\"success\":2,\"failure\":1}"));
 	/* Balanced braces and brackets outside strings: a cheap well-formedness check. */
 	int depth = 0;
