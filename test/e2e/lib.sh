@@ -253,14 +253,43 @@ assert_relay_is_only_path() {
 	log "no path without the relay: home -> $LAN_HOST:$port blocked (ip_forward 0; reachable when on), $WAN_ROUTER:$ext refused"
 }
 
+# topology_use_manual_addresses: the router manual's example addresses on the
+# same links (home 172.16.2.100, router WAN 172.16.2.5 and LAN 192.168.20.1,
+# LAN host 192.168.20.142 with its default route via the router); from here on
+# the scenario and the helpers below use them (HOME_HOST, WAN_ROUTER, ...).
+topology_use_manual_addresses() {
+	ip -n "$NS_HOME" addr add 172.16.2.100/24 dev eth0
+	ip -n "$NS_ROUTER" addr add 172.16.2.5/24 dev wan0
+	ip -n "$NS_ROUTER" addr add 192.168.20.1/24 dev lan0
+	ip -n "$NS_LAN" addr add 192.168.20.142/24 dev eth0
+	ip -n "$NS_HOME" route add 192.168.20.0/24 via 172.16.2.5
+	ip -n "$NS_LAN" route replace default via 192.168.20.1
+	HOME_HOST=172.16.2.100 WAN_ROUTER=172.16.2.5 LAN_ROUTER=192.168.20.1
+	LAN_HOST=192.168.20.142 LAN_NET=192.168.20.0/24
+	log "topology: the router manual's addresses: home $HOME_HOST | router $WAN_ROUTER + $LAN_ROUTER | lan $LAN_HOST (default via $LAN_ROUTER)"
+}
+
+# transparent_rule add|del, transparent_route: README's policy routing for
+# source = "client" on the router: what comes in from the LAN is looked up
+# in table 100, where every address is local.
+transparent_rule() {
+	ip -n "$NS_ROUTER" rule "$1" iif lan0 lookup 100
+}
+transparent_route() {
+	ip -n "$NS_ROUTER" route add local 0.0.0.0/0 dev lo table 100
+}
+
 # ------------------------------------------------------------------ servers
 
-# start_nginx DIR: nginx on LAN_HOST:80 serving DIR/www, in the foreground
-# (PID in PID_nginx), with its configuration, pid file, logs and temp paths in
-# DIR. The access log has one line per request:
+# start_nginx DIR [LOG_FORMAT]: nginx on LAN_HOST:80 serving DIR/www, in the
+# foreground (PID in PID_nginx), with its configuration, pid file, logs and
+# temp paths in DIR. The access log has one line per request, by default:
 #   client-address connection-serial status uri bytes-sent
+# or in LOG_FORMAT (nginx's log_format syntax, without single quotes).
 start_nginx() {
 	local d=$1 p
+	# shellcheck disable=SC2016 # nginx's variables, not the shell's
+	local format=${2:-'$remote_addr $connection $status $request_uri $body_bytes_sent'}
 	mkdir -p "$d/www" "$d/tmp"
 	cat >"$d/nginx.conf" <<EOF
 worker_processes 1;
@@ -268,7 +297,7 @@ pid $d/nginx.pid;
 error_log $d/error.log info;
 events { worker_connections 2048; }
 http {
-  log_format e2e '\$remote_addr \$connection \$status \$request_uri \$body_bytes_sent';
+  log_format e2e '$format';
   access_log $d/access.log e2e;
   client_body_temp_path $d/tmp/body;
   proxy_temp_path $d/tmp/proxy;
@@ -289,6 +318,31 @@ EOF
 	start_bg nginx "$NS_LAN" "$d/nginx.out.log" "$p" -p "$d/" -e "$d/error.log" -c "$d/nginx.conf" -g 'daemon off;'
 	# shellcheck disable=SC2154
 	wait_listen "$NS_LAN" tcp "$LAN_HOST" 80 "$PID_nginx"
+}
+
+# start_udp_echo DIR: a UDP echo server on LAN_HOST:5300 (PID in PID_udp)
+# writing one line per datagram to DIR/udp.log, with the source as it sees it:
+#   udp-echo from=ADDRESS:PORT len=BYTES sha256=FIRST-16-HEX-DIGITS
+start_udp_echo() {
+	local d=$1
+	mkdir -p "$d"
+	cat >"$d/udp_echo.py" <<'EOF'
+import hashlib, socket, sys
+addr, port, logpath = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+s.bind((addr, port))
+log = open(logpath, 'a', buffering=1)
+while True:
+    d, peer = s.recvfrom(65535)
+    log.write('udp-echo from=%s:%d len=%d sha256=%s\n'
+              % (peer[0], peer[1], len(d), hashlib.sha256(d).hexdigest()[:16]))
+    s.sendto(d, peer)
+EOF
+	: >"$d/udp.log"
+	start_bg udp "$NS_LAN" "$d/udp_echo.out.log" python3 -u "$d/udp_echo.py" "$LAN_HOST" 5300 "$d/udp.log"
+	# shellcheck disable=SC2154
+	wait_listen "$NS_LAN" udp "$LAN_HOST" 5300 "$PID_udp"
 }
 
 # start_dnsmasq DIR: dnsmasq on LAN_HOST:53 (UDP and TCP), in the foreground

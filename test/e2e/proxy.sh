@@ -19,25 +19,6 @@ E2E_NEEDS=(nginx curl haproxy python3)
 # shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
 
-M_HOME=172.16.2.100
-M_WAN=172.16.2.5
-M_LAN_ROUTER=192.168.20.1
-M_LAN_HOST=192.168.20.142
-
-# The router manual's addresses on the same links; from here on the scenario
-# (and lib.sh's helpers) use them.
-manual_addresses() {
-	ip -n "$NS_HOME" addr add "$M_HOME/24" dev eth0
-	ip -n "$NS_ROUTER" addr add "$M_WAN/24" dev wan0
-	ip -n "$NS_ROUTER" addr add "$M_LAN_ROUTER/24" dev lan0
-	ip -n "$NS_LAN" addr add "$M_LAN_HOST/24" dev eth0
-	ip -n "$NS_HOME" route add 192.168.20.0/24 via "$M_WAN"
-	ip -n "$NS_LAN" route replace default via "$M_LAN_ROUTER"
-	HOME_HOST=$M_HOME WAN_ROUTER=$M_WAN LAN_ROUTER=$M_LAN_ROUTER LAN_HOST=$M_LAN_HOST
-	LAN_NET=192.168.20.0/24
-	log "topology: the router manual's addresses: home $HOME_HOST | router $WAN_ROUTER + $LAN_ROUTER | lan $LAN_HOST"
-}
-
 start_nginx_proxy() {
 	local d=$1 p
 	mkdir -p "$d/www" "$d/tmp"
@@ -155,7 +136,7 @@ curl_from_home() {
 }
 
 scenario() {
-	manual_addresses
+	topology_use_manual_addresses
 	local n=$E2E_TMP/nginx h=$E2E_TMP/haproxy u=$E2E_TMP/udp
 	start_nginx_proxy "$n"
 	start_haproxy "$h"

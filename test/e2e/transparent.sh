@@ -38,86 +38,7 @@ E2E_NEEDS=(nginx curl dnsmasq dig python3 setpriv)
 # shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
 
-M_HOME=172.16.2.100
-M_WAN=172.16.2.5
-M_LAN_ROUTER=192.168.20.1
-M_LAN_HOST=192.168.20.142
 BIG=$((8 * 1024 * 1024 + 4321))
-
-# The router manual's addresses on the same links; from here on the scenario
-# (and lib.sh's helpers) use them.
-manual_addresses() {
-	ip -n "$NS_HOME" addr add "$M_HOME/24" dev eth0
-	ip -n "$NS_ROUTER" addr add "$M_WAN/24" dev wan0
-	ip -n "$NS_ROUTER" addr add "$M_LAN_ROUTER/24" dev lan0
-	ip -n "$NS_LAN" addr add "$M_LAN_HOST/24" dev eth0
-	ip -n "$NS_HOME" route add 192.168.20.0/24 via "$M_WAN"
-	ip -n "$NS_LAN" route replace default via "$M_LAN_ROUTER"
-	HOME_HOST=$M_HOME WAN_ROUTER=$M_WAN LAN_ROUTER=$M_LAN_ROUTER LAN_HOST=$M_LAN_HOST
-	LAN_NET=192.168.20.0/24
-	log "topology: the router manual's addresses: home $HOME_HOST | router $WAN_ROUTER + $LAN_ROUTER | lan $LAN_HOST (default via $LAN_ROUTER)"
-}
-
-# transparent_rule add|del: README's policy rule on the router: whatever comes
-# in from the LAN is looked up in table 100, where every address is local.
-transparent_rule() {
-	ip -n "$NS_ROUTER" rule "$1" iif lan0 lookup 100
-}
-transparent_route() {
-	ip -n "$NS_ROUTER" route add local 0.0.0.0/0 dev lo table 100
-}
-
-start_nginx_tp() {
-	local d=$1 p
-	mkdir -p "$d/www" "$d/tmp"
-	echo "hello from the LAN host" >"$d/www/index.html"
-	head -c "$BIG" /dev/urandom >"$d/www/big.bin"
-	cat >"$d/nginx.conf" <<EOF
-worker_processes 1;
-pid $d/nginx.pid;
-error_log $d/error.log info;
-events { worker_connections 256; }
-http {
-  log_format tp 'remote_addr=\$remote_addr remote_port=\$remote_port server=\$server_addr:\$server_port "\$request" \$status \$body_bytes_sent';
-  access_log $d/access.log tp;
-  client_body_temp_path $d/tmp/body;
-  proxy_temp_path $d/tmp/proxy;
-  fastcgi_temp_path $d/tmp/fastcgi;
-  uwsgi_temp_path $d/tmp/uwsgi;
-  scgi_temp_path $d/tmp/scgi;
-  default_type application/octet-stream;
-  server { listen $LAN_HOST:80; root $d/www; }
-}
-EOF
-	chmod -R a+rX "$d"
-	p=$(command -v nginx)
-	start_bg nginx "$NS_LAN" "$d/nginx.out.log" "$p" -p "$d/" -e "$d/error.log" -c "$d/nginx.conf" -g 'daemon off;'
-	# shellcheck disable=SC2154
-	wait_listen "$NS_LAN" tcp "$LAN_HOST" 80 "$PID_nginx"
-}
-
-# A UDP server on LAN_HOST:5300 that logs the source of each datagram as it
-# sees it and echoes the payload.
-start_udp_echo() {
-	local d=$1
-	mkdir -p "$d"
-	cat >"$d/udp_echo.py" <<'EOF'
-import hashlib, socket, sys
-addr, port, logpath = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind((addr, port))
-log = open(logpath, 'a', buffering=1)
-while True:
-    d, peer = s.recvfrom(65535)
-    log.write('udp-echo from=%s:%d len=%d sha256=%s\n'
-              % (peer[0], peer[1], len(d), hashlib.sha256(d).hexdigest()[:16]))
-    s.sendto(d, peer)
-EOF
-	: >"$d/udp.log"
-	start_bg udp "$NS_LAN" "$d/udp_echo.out.log" python3 -u "$d/udp_echo.py" "$LAN_HOST" 5300 "$d/udp.log"
-	# shellcheck disable=SC2154
-	wait_listen "$NS_LAN" udp "$LAN_HOST" 5300 "$PID_udp"
-}
 
 # wait_line FILE PATTERN: the first line matching PATTERN (grep -E), waiting
 # up to 5 s for the server to write it.
@@ -174,10 +95,13 @@ EOF
 }
 
 scenario() {
-	manual_addresses
+	topology_use_manual_addresses
 	local n=$E2E_TMP/nginx d=$E2E_TMP/dns u=$E2E_TMP/udp h=$E2E_TMP/home
 	mkdir -p "$h"
-	start_nginx_tp "$n"
+	mkdir -p "$n/www"
+	echo "hello from the LAN host" >"$n/www/index.html"
+	head -c "$BIG" /dev/urandom >"$n/www/big.bin"
+	start_nginx "$n" 'remote_addr=$remote_addr remote_port=$remote_port server=$server_addr:$server_port "$request" $status $body_bytes_sent'
 	start_dnsmasq "$d"
 	start_udp_echo "$u"
 

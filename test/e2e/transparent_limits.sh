@@ -48,77 +48,10 @@ E2E_NEEDS=(nginx python3)
 # shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
 
-M_HOME=172.16.2.100
-M_WAN=172.16.2.5
-M_LAN_ROUTER=192.168.20.1
-M_LAN_HOST=192.168.20.142
 N_UDP=${TP_UDP_FLOWS:-3000}
 N_TCP=${TP_TCP_CONNS:-3000}
 RANGE="40000 40999"
 RANGE_SIZE=1000
-
-manual_addresses() {
-	ip -n "$NS_HOME" addr add "$M_HOME/24" dev eth0
-	ip -n "$NS_ROUTER" addr add "$M_WAN/24" dev wan0
-	ip -n "$NS_ROUTER" addr add "$M_LAN_ROUTER/24" dev lan0
-	ip -n "$NS_LAN" addr add "$M_LAN_HOST/24" dev eth0
-	ip -n "$NS_HOME" route add 192.168.20.0/24 via "$M_WAN"
-	ip -n "$NS_LAN" route replace default via "$M_LAN_ROUTER"
-	HOME_HOST=$M_HOME WAN_ROUTER=$M_WAN LAN_ROUTER=$M_LAN_ROUTER LAN_HOST=$M_LAN_HOST
-	LAN_NET=192.168.20.0/24
-	log "topology: the router manual's addresses: home $HOME_HOST | router $WAN_ROUTER + $LAN_ROUTER | lan $LAN_HOST (default via $LAN_ROUTER)"
-}
-
-start_nginx_small() {
-	local d=$1 p
-	mkdir -p "$d/www" "$d/tmp"
-	echo ok >"$d/www/s"
-	cat >"$d/nginx.conf" <<EOF
-worker_processes 1;
-pid $d/nginx.pid;
-error_log $d/error.log warn;
-events { worker_connections 4096; }
-http {
-  log_format tp '\$remote_addr:\$remote_port \$status';
-  access_log $d/access.log tp;
-  client_body_temp_path $d/tmp/body;
-  proxy_temp_path $d/tmp/proxy;
-  fastcgi_temp_path $d/tmp/fastcgi;
-  uwsgi_temp_path $d/tmp/uwsgi;
-  scgi_temp_path $d/tmp/scgi;
-  default_type text/plain;
-  keepalive_timeout 30s;
-  server { listen $LAN_HOST:80 backlog=1024; root $d/www; }
-}
-EOF
-	chmod -R a+rX "$d"
-	p=$(command -v nginx)
-	start_bg nginx "$NS_LAN" "$d/nginx.out.log" "$p" -p "$d/" -e "$d/error.log" -c "$d/nginx.conf" -g 'daemon off;'
-	# shellcheck disable=SC2154
-	wait_listen "$NS_LAN" tcp "$LAN_HOST" 80 "$PID_nginx"
-}
-
-# A UDP echo server on LAN_HOST:5300 writing each datagram's source to LOG.
-start_udp_echo() {
-	local d=$1
-	mkdir -p "$d"
-	cat >"$d/udp_echo.py" <<'EOF'
-import socket, sys
-addr, port, logpath = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-s.bind((addr, port))
-log = open(logpath, 'a', buffering=1)
-while True:
-    d, peer = s.recvfrom(65535)
-    log.write('%s:%d\n' % peer)
-    s.sendto(d, peer)
-EOF
-	: >"$d/udp.log"
-	start_bg udp "$NS_LAN" "$d/udp_echo.out.log" python3 -u "$d/udp_echo.py" "$LAN_HOST" 5300 "$d/udp.log"
-	# shellcheck disable=SC2154
-	wait_listen "$NS_LAN" udp "$LAN_HOST" 5300 "$PID_udp"
-}
 
 router_range() {
 	on_router sysctl -qw net.ipv4.ip_local_port_range="$1"
@@ -194,7 +127,7 @@ udp_flows() {
 	: >"$E2E_TMP/udp/udp.log"
 	out=$(on_home python3 "$E2E_DIR/tp_clients.py" udp "$HOME_HOST" "$WAN_ROUTER" "$port" "$n")
 	HELD=$(on_router ss -Hun dst "$LAN_HOST:5300" | wc -l)
-	sort -u "$E2E_TMP/udp/udp.log" >"$E2E_TMP/udp/sources"
+	sed -n 's/^udp-echo from=\([^ ]*\) .*/\1/p' "$E2E_TMP/udp/udp.log" | sort -u >"$E2E_TMP/udp/sources"
 	sources=$(wc -l <"$E2E_TMP/udp/sources")
 	ANSWERED=$(awk '{split($3, a, "/"); print a[1]}' <<<"$out")
 	figure "$label: $out; flow sockets on the router at once: $HELD; distinct sources at the LAN server: $sources (e.g. $(sed -n 1p "$E2E_TMP/udp/sources"))"
@@ -238,12 +171,14 @@ relay_run() {
 }
 
 scenario() {
-	manual_addresses
-	start_nginx_small "$E2E_TMP/nginx"
+	topology_use_manual_addresses
+	mkdir -p "$E2E_TMP/nginx/www"
+	echo ok >"$E2E_TMP/nginx/www/s"
+	start_nginx "$E2E_TMP/nginx" '$remote_addr:$remote_port $status'
 	start_udp_echo "$E2E_TMP/udp"
 	assert_relay_is_only_path 80 8080
-	ip -n "$NS_ROUTER" rule add iif lan0 lookup 100
-	ip -n "$NS_ROUTER" route add local 0.0.0.0/0 dev lo table 100
+	transparent_rule add
+	transparent_route
 	log "router: ip rule add iif lan0 lookup 100; ip route add local 0.0.0.0/0 dev lo table 100"
 	on_home sysctl -qw net.ipv4.ip_local_port_range="20000 60999"
 	log "home: ip_local_port_range 20000-60999 (its own ports are not what is measured); $N_UDP UDP flows, $N_TCP TCP connections"
