@@ -12,8 +12,8 @@ import sys
 import tempfile
 import threading
 
-from admission_test import Relay, conf, forward
-from itest_lib import check, failures, free_port
+from admission_test import conf, forward
+from itest_lib import Relay, check, failures, free_port
 
 BIN = os.environ.get('PORTRELAY_BIN')
 # What a hostile peer might send, hoping to forge or colour a log line.

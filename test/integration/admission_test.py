@@ -36,72 +36,12 @@ import tempfile
 import threading
 import time
 
-from itest_lib import check, failures, free_port, tcp_echo_server, udp_echo_server
+from itest_lib import Relay, check, failures, free_port, tcp_echo_server, udp_echo_server
 
 BIN = os.environ.get('PORTRELAY_BIN')
 SKIP = 77
 LINE_TIMEOUT = 15.0
 IO_TIMEOUT = 10.0
-
-
-class Relay:
-    """The relay on a config text, started on its `ready` line, stopped by PID."""
-
-    def __init__(self, tmp, config_text, args=(), expect_ready=True):
-        self.path = os.path.join(tmp, 'portrelay.conf')
-        with open(self.path, 'w') as f:
-            f.write(config_text)
-        self.proc = subprocess.Popen([BIN, '-c', self.path, *args], stderr=subprocess.PIPE,
-                                     text=True)
-        self.log = []
-        self.cond = threading.Condition()
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-        if expect_ready and not self.wait_line(' ready: '):
-            self.stop()
-            raise RuntimeError('relay not ready:\n' + ''.join(self.log))
-
-    def _read(self):
-        for line in self.proc.stderr:
-            with self.cond:
-                self.log.append(line)
-                self.cond.notify_all()
-            if os.environ.get('PORTRELAY_TEST_QUIET') != '1':
-                sys.stderr.write('relay| ' + line)
-        with self.cond:
-            self.cond.notify_all()
-
-    def count(self, needle):
-        with self.cond:
-            return sum(needle in line for line in self.log)
-
-    def wait_line(self, needle, count=1, timeout=LINE_TIMEOUT):
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while sum(needle in line for line in self.log) < count:
-                left = deadline - time.monotonic()
-                if left <= 0 or (self.proc.poll() is not None and not self.reader.is_alive()):
-                    return False
-                self.cond.wait(min(left, 0.2))
-            return True
-
-    def fds(self):
-        return len(os.listdir('/proc/%d/fd' % self.proc.pid))
-
-    def rss_kib(self):
-        with open('/proc/%d/status' % self.proc.pid) as f:
-            for line in f:
-                if line.startswith('VmRSS:'):
-                    return int(line.split()[1])
-        return -1
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            self.proc.send_signal(signal.SIGINT)
-        code = self.proc.wait(10)
-        self.reader.join(5)
-        return code
 
 
 def connect_from(source, port):

@@ -1,14 +1,20 @@
-"""Helpers shared by the Python integration tests (admin_test.py, admission_test.py):
-check() and its failures, a free port, echo servers, an HTTP GET, a Prometheus sample.
+"""Helpers shared by the Python integration tests: check() and its failures, the relay
+as a process (Relay), a free port, echo servers, an HTTP GET, a Prometheus sample.
 Traffic goes to 127.0.0.1 only."""
+import os
 import random
 import re
+import signal
 import socket
+import subprocess
+import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 
 failures = []
+LINE_TIMEOUT = 15.0      # bounds a wait for one log line (a hang, not a latency)
 
 
 def check(cond, what):
@@ -112,3 +118,67 @@ def sample(text, name, **labels):
         if got == labels:
             return float(m.group(3))
     return None
+
+
+class Relay:
+    """The relay (PORTRELAY_BIN) on a config text written to TMP/portrelay.conf, with
+    extra arguments, started on its `ready` line, stopped by PID; its log kept."""
+
+    def __init__(self, tmp, config_text, args=(), expect_ready=True):
+        self.path = os.path.join(tmp, 'portrelay.conf')
+        with open(self.path, 'w') as f:
+            f.write(config_text)
+        self.proc = subprocess.Popen([os.environ['PORTRELAY_BIN'], '-c', self.path, *args], stderr=subprocess.PIPE,
+                                     text=True)
+        self.log = []
+        self.cond = threading.Condition()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        if expect_ready and not self.wait_line(' ready: '):
+            self.stop()
+            raise RuntimeError('relay not ready:\n' + ''.join(self.log))
+
+    def _read(self):
+        for line in self.proc.stderr:
+            with self.cond:
+                self.log.append(line)
+                self.cond.notify_all()
+            if os.environ.get('PORTRELAY_TEST_QUIET') != '1':
+                sys.stderr.write('relay| ' + line)
+        with self.cond:
+            self.cond.notify_all()
+
+    def count(self, needle):
+        with self.cond:
+            return sum(needle in line for line in self.log)
+
+    def wait_line(self, needle, count=1, timeout=LINE_TIMEOUT):
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while sum(needle in line for line in self.log) < count:
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and not self.reader.is_alive()):
+                    return False
+                self.cond.wait(min(left, 0.2))
+            return True
+
+    def fds(self):
+        return len(os.listdir('/proc/%d/fd' % self.proc.pid))
+
+    def rss_kib(self):
+        with open('/proc/%d/status' % self.proc.pid) as f:
+            for line in f:
+                if line.startswith('VmRSS:'):
+                    return int(line.split()[1])
+        return -1
+
+    def stop(self, graceful=False):
+        """Its exit status; graceful: one SIGINT (open connections may finish for
+        up to shutdown_timeout), else two (at once)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            if not graceful:
+                self.proc.send_signal(signal.SIGINT)
+        code = self.proc.wait(10)
+        self.reader.join(5)
+        return code

@@ -43,6 +43,7 @@ import tempfile
 import threading
 import time
 
+import itest_lib
 from itest_lib import check, failures, free_port
 
 BIN = os.environ.get('PORTRELAY_BIN')
@@ -356,52 +357,11 @@ class UdpServer:
 
 # ---- the relay ----------------------------------------------------------------------
 
-class Relay:
-    """The relay on a config text, started on its `ready` line, stopped by PID."""
+class Relay(itest_lib.Relay):
+    """The relay at debug level, so that its log shows each session."""
 
     def __init__(self, tmp, config_text):
-        self.path = os.path.join(tmp, 'portrelay.conf')
-        with open(self.path, 'w') as f:
-            f.write(config_text)
-        self.proc = subprocess.Popen([BIN, '-c', self.path, '-l', 'debug'],
-                                     stderr=subprocess.PIPE, text=True)
-        self.log = []
-        self.cond = threading.Condition()
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-        if not self.wait_line(' ready: '):
-            self.stop()
-            raise RuntimeError('relay not ready:\n' + ''.join(self.log))
-
-    def _read(self):
-        for line in self.proc.stderr:
-            with self.cond:
-                self.log.append(line)
-                self.cond.notify_all()
-            if os.environ.get('PORTRELAY_TEST_QUIET') != '1':
-                sys.stderr.write('relay| ' + line)
-        with self.cond:
-            self.cond.notify_all()
-
-    def wait_line(self, needle, timeout=LINE_TIMEOUT):
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while not any(needle in line for line in self.log):
-                left = deadline - time.monotonic()
-                if left <= 0 or (self.proc.poll() is not None and not self.reader.is_alive()):
-                    return False
-                self.cond.wait(min(left, 0.2))
-            return True
-
-    def fds(self):
-        return len(os.listdir('/proc/%d/fd' % self.proc.pid))
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-        code = self.proc.wait(10)
-        self.reader.join(5)
-        return code
+        super().__init__(tmp, config_text, args=('-l', 'debug'))
 
 
 def fwd(name, proto, ext_addr, ext_port, int_ip, int_port, proxy=None, extra=''):
@@ -559,7 +519,7 @@ def test_tcp_addresses(tmp):
                   '%s: 40 concurrent connections, 40 server connections, each header naming '
                   'the client port whose bytes follow it (%d of %d)' % (k, matched, len(recs)))
     finally:
-        check(relay.stop() == 0, 'addresses: the relay exits 0')
+        check(relay.stop(graceful=True) == 0, 'addresses: the relay exits 0')
         for srv in servers.values():
             srv.close()
 
@@ -669,7 +629,7 @@ def test_tcp_ordering(tmp):
               'no proxy_protocol: a silent client gets the banner; a client\'s own "PROXY" line '
               'reaches the server unchanged and alone')
     finally:
-        check(relay.stop() == 0, 'ordering: the relay exits 0')
+        check(relay.stop(graceful=True) == 0, 'ordering: the relay exits 0')
 
 
 def test_tcp_slow_connect(tmp):
@@ -719,7 +679,7 @@ def test_tcp_slow_connect(tmp):
             for f in fillers:
                 f.close()
             srv.close()
-            check(relay.stop() == 0, 'slow connect: the relay exits 0')
+            check(relay.stop(graceful=True) == 0, 'slow connect: the relay exits 0')
 
 
 # ---- UDP ------------------------------------------------------------------------------------
@@ -819,7 +779,7 @@ def test_udp(tmp):
                 s.close()
 
         # `both` with v2: TCP gets a TCP4 header, UDP a UDP4 one, on the same port.
-        code, relay = relay.stop(), None
+        code, relay = relay.stop(graceful=True), None
         check(code == 0, 'udp: the relay exits 0')
         usrv, tsrv = tcp_udp_servers(SERVER4)
         bport = fresh_port()
@@ -842,7 +802,7 @@ def test_udp(tmp):
         u.close()
     finally:
         if relay is not None:
-            check(relay.stop() == 0, 'udp: the relay exits 0')
+            check(relay.stop(graceful=True) == 0, 'udp: the relay exits 0')
 
 
 def tcp_udp_servers(host):
@@ -979,7 +939,7 @@ def test_reload(tmp):
     finally:
         for c in socks:
             c.close()
-        check(relay.stop() == 0, 'reload: the relay exits 0')
+        check(relay.stop(graceful=True) == 0, 'reload: the relay exits 0')
 
 
 def main():
