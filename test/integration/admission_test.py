@@ -27,7 +27,6 @@ stop a hang.
 import os
 import random
 import re
-import signal
 import socket
 import struct
 import subprocess
