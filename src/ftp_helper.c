@@ -101,7 +101,7 @@ static void ftp_listener_on_timeout(evutil_socket_t fd, short what, void *arg)
 	(void)fd, (void)what;
 	relay_ctx_counters(listener->owner->ctx, listener->owner->forward)->ftp_data_expired++;
 	log_debug(listener->owner->forward->name, "ftp: data listener closed unused after %.1f s",
-		  listener->owner->ctx->config->ftp_data_timeout);
+		  listener->owner->ctx->rules->cfg.ftp_data_timeout);
 	ftp_listener_close(listener);
 }
 
@@ -217,7 +217,7 @@ static int ftp_listener_open(struct ftp_helper *h, enum ftp_side facing,
 		free(listener);
 		return -1;
 	}
-	struct timeval timeout = relay_seconds_to_timeval(h->ctx->config->ftp_data_timeout);
+	struct timeval timeout = relay_seconds_to_timeval(h->ctx->rules->cfg.ftp_data_timeout);
 	listener->accept_event = event_new(h->ctx->base, listener->fd, EV_READ | EV_PERSIST,
 					   ftp_listener_on_accept, listener);
 	listener->timer = evtimer_new(h->ctx->base, ftp_listener_on_timeout, listener);

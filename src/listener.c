@@ -407,7 +407,7 @@ void listener_set_commit(struct listener_set *set, struct listener_set *current)
 			listener->taken_from = NULL;
 		}
 		/* Accepted connections inherit it; a reload may have changed it. */
-		if (net_set_keepalive(listener->fd, set->ctx->config->tcp_keepalive) < 0)
+		if (net_set_keepalive(listener->fd, set->ctx->rules->cfg.tcp_keepalive) < 0)
 			log_warn(listener->forward->name, "cannot set tcp.keepalive on port %u: %s",
 				 listener->port, strerror(errno));
 		listener->event = event_new(set->ctx->base, listener->fd, EV_READ | EV_PERSIST,

@@ -44,7 +44,7 @@ uint64_t relay_now_ms(void)
  */
 static void relay_ctx_set_timeouts(struct relay_ctx *ctx)
 {
-	const struct config *cfg = ctx->config;
+	const struct config *cfg = &ctx->rules->cfg;
 	/* Below a millisecond, timers and the idle check round to nothing: clamp. */
 	double connect_seconds = cfg->tcp_connect_timeout < 0.001 ? 0.001 : cfg->tcp_connect_timeout;
 	double idle_seconds = cfg->tcp_idle_timeout > 0 && cfg->tcp_idle_timeout < 0.001
@@ -66,7 +66,6 @@ int relay_ctx_init(struct relay_ctx *ctx, struct event_base *base, unsigned work
 	ctx->base = base;
 	ctx->worker = worker;
 	ctx->rules = ruleset_ref(rules);
-	ctx->config = &rules->cfg;
 	ctx->options = *options;
 	TAILQ_INIT(&ctx->sessions);
 	LIST_INIT(&ctx->retired);
@@ -95,7 +94,6 @@ void relay_ctx_set_rules(struct relay_ctx *ctx, struct ruleset *rules)
 		LIST_INSERT_HEAD(&ctx->retired, use, link);
 	}
 	ctx->rules = ruleset_ref(rules);
-	ctx->config = &rules->cfg;
 	ctx->rules_users = 0;
 	relay_ctx_set_timeouts(ctx);
 }
@@ -193,7 +191,7 @@ static bool relay_ctx_poll_busily(struct relay_ctx *ctx, uint64_t budget_us)
 
 void relay_ctx_run(struct relay_ctx *ctx)
 {
-	uint64_t budget_us = ctx->config->busy_poll_us;
+	uint64_t budget_us = ctx->rules->cfg.busy_poll_us;
 	if (budget_us == 0) {
 		event_base_dispatch(ctx->base);
 		return;

@@ -868,11 +868,11 @@ static void udp_forward_follow(struct udp_forward *forward, const struct forward
 	forward->idle_timeout_ms = (uint64_t)(fwd->udp_idle_timeout * 1000.0);
 	if (forward->idle_timeout_ms == 0)
 		forward->idle_timeout_ms = 1;
-	forward->unreplied_timeout_ms = (uint64_t)(ctx->config->udp_unreplied_timeout * 1000.0);
+	forward->unreplied_timeout_ms = (uint64_t)(ctx->rules->cfg.udp_unreplied_timeout * 1000.0);
 	if (forward->unreplied_timeout_ms == 0 || forward->unreplied_timeout_ms > forward->idle_timeout_ms)
 		forward->unreplied_timeout_ms = forward->idle_timeout_ms;
 	/* Automatic (0): the process's budget for flows is the only bound. */
-	forward->max_flows = ctx->config->udp_max_flows != 0 ? ctx->config->udp_max_flows : UINT_MAX;
+	forward->max_flows = ctx->rules->cfg.udp_max_flows != 0 ? ctx->rules->cfg.udp_max_flows : UINT_MAX;
 	forward->flows_open = &fwd->stats->udp_flows_open;
 	forward->counters = relay_ctx_counters(ctx, fwd);
 }
@@ -977,7 +977,7 @@ static void udp_forward_keep(struct udp_forward *forward, const struct forward *
 	/* Flows open now go on to the old target (their sockets are connected to it). */
 	uint64_t now = relay_now_ms();
 	forward->rule_changed_ms = now + 1;
-	double drain = forward->ctx->config->drain_timeout;
+	double drain = forward->ctx->rules->cfg.drain_timeout;
 	forward->old_flows_deadline_ms = drain > 0 ? now + (uint64_t)(drain * 1000.0) : 0;
 }
 

@@ -188,7 +188,7 @@ static void worker_on_old_rules_timer(evutil_socket_t fd, short what, void *arg)
 	if (connections > 0 || flows > 0)
 		log_info(NULL, "drain_timeout (%g s) passed: closed %u connection%s and %u udp "
 			 "flow%s still on rules a reload removed or changed (worker %u)",
-			 worker->ctx.config->drain_timeout, connections,
+			 worker->ctx.rules->cfg.drain_timeout, connections,
 			 connections == 1 ? "" : "s", flows, flows == 1 ? "" : "s", worker->index);
 	worker_arm_old_rules_timer(worker);
 }

@@ -106,8 +106,7 @@ static inline bool relay_fds_allow(const struct relay_options *options, unsigned
 struct relay_ctx {
 	struct event_base *base;
 	unsigned worker;               /* which counter block of a forward is ours */
-	struct ruleset *rules;         /* the rules new connections and flows take */
-	const struct config *config;   /* &rules->cfg */
+	struct ruleset *rules;         /* the rules new connections and flows take (rules->cfg) */
 	unsigned rules_users;          /* sessions on rules' forwards */
 	struct relay_rules_uses retired;   /* older rulesets with users left */
 	struct relay_options options;
