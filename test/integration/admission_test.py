@@ -417,6 +417,79 @@ print(sent, flush=True)
 """
 
 
+def test_udp_flow_limits(tmp):
+    """max_flows_per_source; a full table makes room by evicting a flow that never got
+    a reply (quiet for a second), never one with a reply; unreplied_timeout."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(('127.0.0.1', 0))
+
+    def serve():
+        # Answers only datagrams starting with b'r': the others' flows stay unanswered.
+        while True:
+            try:
+                data, peer = server.recvfrom(100)
+            except OSError:
+                return
+            if data[:1] == b'r':
+                server.sendto(data, peer)
+    threading.Thread(target=serve, daemon=True).start()
+    ps, ev = free_port(), free_port()
+    relay = Relay(tmp, conf([forward('ps', 'udp', ps, server.getsockname()[1],
+                                     'max_flows_per_source = 3;'),
+                             forward('ev', 'udp', ev, server.getsockname()[1],
+                                     'access_log = true;')],
+                            # One worker: a worker makes room among its own flows, and
+                            # which worker a client's flow lands on is the kernel's pick.
+                            'workers = 1;\n'
+                            'udp = { max_flows = 4; unreplied_timeout = 3; idle_timeout = 60; };'))
+    socks = []
+
+    def client(source='127.0.0.1'):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((source, 0))
+        socks.append(s)
+        return s
+    try:
+        three = [client() for _ in range(3)]
+        check(all(udp_echoes(ps, sock=s, payload=b'r%d' % i) for i, s in enumerate(three)),
+              'flows per source: 3 clients of 127.0.0.1 get flows')
+        check(not udp_echoes(ps, sock=client(), payload=b'r4', wait=0.5),
+              'flows per source: a 4th client of 127.0.0.1 gets none (max_flows_per_source = 3)')
+        check(udp_echoes(ps, sock=client('127.0.0.2'), payload=b'r5'),
+              'flows per source: 127.0.0.2 still gets one')
+        check(relay.wait_line('client at max_flows_per_source'), 'flows per source: logged')
+
+        r1, r2, s1, s2, r3 = client(), client(), client(), client(), client()
+        check(udp_echoes(ev, sock=r1, payload=b'r1') and udp_echoes(ev, sock=r2, payload=b'r2'),
+              'eviction: two answered flows')
+        s1.sendto(b's1', ('127.0.0.1', ev))
+        s2.sendto(b's2', ('127.0.0.1', ev))
+        check(not udp_echoes(ev, sock=r3, payload=b'r3', wait=0.5),
+              'eviction: the table is full and its unanswered flows too young to go')
+        time.sleep(1.3)
+        check(udp_echoes(ev, sock=r3, payload=b'r3'),
+              'eviction: a second later the newcomer gets a flow')
+        check(relay.wait_line('evicted for a new client'),
+              'eviction: the oldest unanswered flow made room (access log)')
+        check(relay.wait_line('no reply within udp.unreplied_timeout'),
+              'unreplied_timeout: the other unanswered flow expired')
+        check(udp_echoes(ev, sock=r1, payload=b'r1b') and udp_echoes(ev, sock=r2, payload=b'r2b'),
+              'eviction: the answered flows still work')
+        check(udp_echoes(ev, sock=client(), payload=b'r4'), 'eviction: a fourth answered flow')
+        time.sleep(1.3)
+        check(not udp_echoes(ev, sock=client(), payload=b'r5', wait=0.5),
+              'eviction: a table of answered flows makes no room')
+        check(relay.wait_line('no unanswered flow to make room'),
+              'eviction: the refusal is logged')
+        check(relay.count('evicted for a new client') == 1,
+              'eviction: only the one unanswered flow was evicted')
+    finally:
+        for s in socks:
+            s.close()
+        server.close()
+        check(relay.stop() == 0, 'udp limits: the relay exits 0')
+
+
 def test_udp_flood(tmp):
     echo_proc = subprocess.Popen([sys.executable, '-c', UDP_ECHO_PROCESS], stdout=subprocess.PIPE,
                                  text=True)
@@ -530,7 +603,8 @@ def main():
     tests = {
         'limits': [test_self_loop_refused, test_acl, test_per_source_and_forward_limits,
                    test_global_max_connections_waits, test_reset_while_connecting,
-                   test_privilege_drop, test_freebind, test_wildcard_flows_per_local_address],
+                   test_privilege_drop, test_freebind, test_wildcard_flows_per_local_address,
+                   test_udp_flow_limits],
         'flood': [test_udp_flood],
     }[part]
     with tempfile.TemporaryDirectory(prefix='portrelay-admission-') as tmp:
