@@ -17,9 +17,12 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "portrelay/acl.h"
+
 struct source_table;
 
-#define SOURCE_KEY_LEN 16
+/* A source as acl_source_key writes it: an IPv4 address, or an IPv6 /64. */
+#define SOURCE_KEY_LEN ACL_SOURCE_KEY_LEN
 
 struct source_table *source_table_new(void);
 void source_table_free(struct source_table *table);
