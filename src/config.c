@@ -385,13 +385,17 @@ void config_forward_defaults(struct forward *fwd)
 
 /* ---- config_finish ----------------------------------------------------- */
 
-static int config_finish_forward(const struct config *cfg, struct forward *fwd, char *err,
-				 size_t err_len)
+int config_finish_forward(const struct config *cfg, struct forward *fwd, char *err,
+			  size_t err_len, const char **field)
 {
+	const char *unused;
 	char label[CONFIG_LABEL_MAX];
 	char bare[CONFIG_HOST_MAX];
 	char reason[CONFIG_REASON_MAX];
 
+	if (field == NULL)
+		field = &unused;
+	*field = "external_address";
 	config_forward_label(fwd, label, sizeof label);
 	if (fwd->external_host[0] == '\0')
 		snprintf(fwd->external_host, sizeof fwd->external_host, "%s", cfg->wan_address);
@@ -410,6 +414,7 @@ static int config_finish_forward(const struct config *cfg, struct forward *fwd, 
 	}
 
 	/* A disabled rule opens nothing, so its host need not exist yet. */
+	*field = "internal_ip";
 	if (!fwd->enabled)
 		return 0;
 	if (net_addr_resolve(fwd->internal_host, 0, &fwd->internal_addr, reason,
@@ -781,7 +786,7 @@ out:
 int config_finish(struct config *cfg, char *err, size_t err_len)
 {
 	for (size_t i = 0; i < cfg->forward_count; i++) {
-		if (config_finish_forward(cfg, &cfg->forwards[i], err, err_len) < 0)
+		if (config_finish_forward(cfg, &cfg->forwards[i], err, err_len, NULL) < 0)
 			return -1;
 	}
 	if (config_check_overlaps(cfg, err, err_len) < 0)
@@ -803,7 +808,8 @@ int config_load_sources(struct config *cfg, const struct config_sources *sources
 	}
 	/* The daemon's own rules come last: the hand-written ones keep their lines first. */
 	if (cfg->admin_rules_file[0] != '\0' &&
-	    config_load_rules_file(cfg, cfg->admin_rules_file, err, err_len) < 0)
+	    config_load_rules_file(cfg, cfg->admin_rules_file, sources->rules_file_read, err,
+				   err_len) < 0)
 		goto fail;
 	if (config_finish(cfg, err, err_len) < 0)
 		goto fail;
@@ -937,4 +943,10 @@ const char *forward_describe(const struct forward *fwd, char *buf, size_t buf_le
 	snprintf(buf, buf_len, "%s  %-4s %s -> %s%s%s", fwd->name, forward_proto_name(fwd->proto),
 		 external, internal, ftp, fwd->enabled ? "" : "  (disabled)");
 	return buf;
+}
+
+bool forward_overlaps(const struct forward *a, const struct forward *b)
+{
+	return a->enabled && b->enabled && a->external_port_first <= b->external_port_last &&
+	       b->external_port_first <= a->external_port_last && config_forwards_collide(a, b);
 }

@@ -54,6 +54,9 @@ struct config_file {
 	char label[CONFIG_LABEL_MAX];   /* "forward \"ftp\": " while inside a forward */
 	char *err;
 	size_t err_len;
+	/* When set: the name of the field an error is about ("" if none), for the API. */
+	char *field;
+	size_t field_len;
 };
 
 static int config_file_fail(const struct config_file *file, const config_setting_t *setting,
@@ -64,9 +67,30 @@ static void config_file_where(const struct config_file *file, const config_setti
 			      char *buf, size_t len)
 {
 	const char *source = config_setting_source_file(setting);
+	unsigned line = (unsigned)config_setting_source_line(setting);
 
-	snprintf(buf, len, "%s:%u", source != NULL ? source : file->path,
-		 (unsigned)config_setting_source_line(setting));
+	/* Settings built in memory (the API's rules) have no line. */
+	if (line == 0)
+		snprintf(buf, len, "%s", source != NULL ? source : file->path);
+	else
+		snprintf(buf, len, "%s:%u", source != NULL ? source : file->path, line);
+}
+
+/*
+ * The field a setting belongs to: its own name, or its list's for an
+ * element ("allow" for one of its networks); "" for a forward's group.
+ */
+static void config_file_note_field(const struct config_file *file,
+				   const config_setting_t *setting, const char *field)
+{
+	if (file->field == NULL)
+		return;
+	if (field == NULL && !config_setting_is_group(setting)) {
+		field = config_setting_name(setting);
+		if (field == NULL && config_setting_parent(setting) != NULL)
+			field = config_setting_name(config_setting_parent(setting));
+	}
+	snprintf(file->field, file->field_len, "%s", field != NULL ? field : "");
 }
 
 static int config_file_fail(const struct config_file *file, const config_setting_t *setting,
@@ -80,7 +104,20 @@ static int config_file_fail(const struct config_file *file, const config_setting
 	vsnprintf(reason, sizeof reason, fmt, ap);
 	va_end(ap);
 	config_file_where(file, setting, where, sizeof where);
+	config_file_note_field(file, setting, NULL);
 	return config_fail(file->err, file->err_len, where, file->label, "%s", reason);
+}
+
+/* A required field that is missing: the error is the group's, about that field. */
+static int config_file_missing(const struct config_file *file, const config_setting_t *group,
+			       const char *field, const char *what)
+{
+	char where[CONFIG_ORIGIN_MAX];
+
+	config_file_where(file, group, where, sizeof where);
+	config_file_note_field(file, group, field);
+	return config_fail(file->err, file->err_len, where, file->label, "%s is required%s",
+			   field, what);
 }
 
 static bool config_setting_is_integer(const config_setting_t *setting)
@@ -773,11 +810,11 @@ static int config_forward_complete(struct config_file *file, const config_settin
 	char why[CONFIG_REASON_MAX];
 
 	if (!fields->has_protocol)
-		return config_file_fail(file, group, "protocol is required (tcp, udp or both)");
+		return config_file_missing(file, group, "protocol", " (tcp, udp or both)");
 	if (!fields->has_external_port)
-		return config_file_fail(file, group, "external_port is required");
+		return config_file_missing(file, group, "external_port", "");
 	if (!fields->has_internal_ip)
-		return config_file_fail(file, group, "internal_ip is required");
+		return config_file_missing(file, group, "internal_ip", "");
 	if (fwd->ftp && fwd->proto != FORWARD_TCP)
 		return config_file_fail(file, fields->ftp,
 					"ftp = true needs protocol = \"tcp\", not \"%s\" "
@@ -1104,7 +1141,8 @@ static int config_file_rules_root(struct config *cfg, struct config_file *file,
 }
 
 /* Reads one file with `root` for its top level; a bad file adds no forwards. */
-static int config_load_with(struct config *cfg, const char *path, char *err, size_t err_len,
+static int config_load_with(struct config *cfg, const char *path, const char *open_path,
+			    char *err, size_t err_len,
 			    int (*root)(struct config *, struct config_file *,
 					const config_setting_t *))
 {
@@ -1113,7 +1151,7 @@ static int config_load_with(struct config *cfg, const char *path, char *err, siz
 	config_t lc;
 	int rc;
 
-	FILE *stream = config_file_open(path, err, err_len);
+	FILE *stream = config_file_open(open_path, err, err_len);
 
 	if (stream == NULL)
 		return -1;
@@ -1136,18 +1174,47 @@ static int config_load_with(struct config *cfg, const char *path, char *err, siz
 
 int config_load_file(struct config *cfg, const char *path, char *err, size_t err_len)
 {
-	return config_load_with(cfg, path, err, err_len, config_file_root);
+	return config_load_with(cfg, path, path, err, err_len, config_file_root);
 }
 
-int config_load_rules_file(struct config *cfg, const char *path, char *err, size_t err_len)
+int config_load_rules_file(struct config *cfg, const char *path, const char *read_path,
+			   char *err, size_t err_len)
 {
 	struct stat st;
-	if (stat(path, &st) < 0 && errno == ENOENT)
+	if (read_path == NULL)
+		read_path = path;
+	if (stat(read_path, &st) < 0 && errno == ENOENT)
 		return 0;   /* no rule added through the API yet */
 	size_t first = cfg->forward_count;
-	if (config_load_with(cfg, path, err, err_len, config_file_rules_root) < 0)
+	if (config_load_with(cfg, path, read_path, err, err_len, config_file_rules_root) < 0)
 		return -1;
 	for (size_t i = first; i < cfg->forward_count; i++)
 		cfg->forwards[i].from_rules_file = true;
 	return 0;
+}
+
+int config_read_forward(const struct config *cfg, const config_setting_t *group,
+			const char *where, struct forward *out, char *err, size_t err_len,
+			char *field, size_t field_len)
+{
+	struct config scratch = *cfg;
+	struct config_file file = { .path = where, .err = err, .err_len = err_len,
+				    .field = field, .field_len = field_len };
+	int rc;
+
+	field[0] = '\0';
+	scratch.forwards = NULL;
+	scratch.forward_count = 0;
+	rc = config_file_forward(&scratch, &file, group, 1);
+	if (rc == 0) {
+		const char *failed_field = "";
+		rc = config_finish_forward(&scratch, &scratch.forwards[0], err, err_len,
+					   &failed_field);
+		if (rc == 0)
+			*out = scratch.forwards[0];
+		else
+			snprintf(field, field_len, "%s", failed_field);
+	}
+	free(scratch.forwards);
+	return rc;
 }

@@ -110,4 +110,12 @@ void config_forward_defaults(struct forward *fwd);
 /* Appends a copy of fwd; -1 when out of memory. */
 int config_append_forward(struct config *cfg, const struct forward *fwd);
 
+/*
+ * Completes one forward as config_finish does: its external address from
+ * wan_address, its defaults, its internal host resolved. On error, *field
+ * (when field is not NULL) names the field at fault.
+ */
+int config_finish_forward(const struct config *cfg, struct forward *fwd, char *err,
+			  size_t err_len, const char **field);
+
 #endif

@@ -13,6 +13,8 @@
 #include <unistd.h>
 
 #include "portrelay/admin.h"
+#include "portrelay/api.h"
+#include "portrelay/cross_call.h"
 #include "portrelay/config.h"
 #include "portrelay/listener.h"
 #include "portrelay/log.h"
@@ -247,6 +249,7 @@ struct service {
 	struct worker_pool *pool;
 	struct reloader reloader;
 	struct notify *notify;
+	struct cross_call *calls;  /* the admin thread's changes, run on this thread */
 	char status[256];          /* the STATUS= line while running */
 	bool stopping;             /* a first SIGINT/SIGTERM came */
 };
@@ -308,6 +311,40 @@ static void on_hangup_signal(evutil_socket_t signum, short what, void *arg)
 	reload_run(&service->reloader);
 	describe_status(service);
 	notify_ready(service->notify, service->status);
+}
+
+/* A change through the Port Forwarding API, on its way to the main thread. */
+struct api_change_call {
+	struct service *service;
+	const char *candidate;
+	char *err;
+	size_t err_len;
+};
+
+/* On the main thread, like SIGHUP's reload: one reload at a time. */
+static int apply_on_main_thread(void *arg)
+{
+	struct api_change_call *call = arg;
+	struct service *service = call->service;
+	if (service->stopping) {
+		snprintf(call->err, call->err_len, "the relay is stopping");
+		return API_APPLY_STOPPING;
+	}
+	notify_reloading(service->notify, "applying a change from the admin API");
+	int result = reload_run_candidate(&service->reloader, call->candidate, call->err,
+					  call->err_len);
+	describe_status(service);
+	notify_ready(service->notify, service->status);
+	return result;
+}
+
+/* The admin thread's apply (admin.h): waits for the main thread to run it. */
+static int apply_from_admin(void *arg, const char *candidate, char *err, size_t err_len)
+{
+	struct service *service = arg;
+	struct api_change_call call = { service, candidate, err, err_len };
+	snprintf(err, err_len, "the relay is stopping");
+	return cross_call_run(service->calls, apply_on_main_thread, &call, API_APPLY_STOPPING);
 }
 
 static bool uses_ftp(const struct config *cfg)
@@ -373,22 +410,26 @@ static int run(struct config *config, const struct config_sources *sources,
 		ruleset_unref(rules);
 		return EXIT_CONFIG;
 	}
+	struct event_base *base = worker_pool_main_base(pool);
+	struct service service = {
+		.pool = pool,
+		.calls = cross_call_open(base),
+		.reloader = { .sources = sources, .pool = pool, .workers = workers,
+			      .log_level_fixed = log_level_fixed },
+	};
 	struct admin *admin = NULL;
-	if ((cfg->admin_listen[0] != '\0' && (admin = admin_open(cfg, pool)) == NULL) ||
+	if (service.calls == NULL ||
+	    (cfg->admin_listen[0] != '\0' &&
+	     (admin = admin_open(cfg, pool, apply_from_admin, &service)) == NULL) ||
 	    drop_privileges(cfg) < 0) {
 		admin_free(admin);
+		cross_call_stop(service.calls);
+		cross_call_free(service.calls);
 		worker_pool_free(pool);
 		ruleset_unref(rules);
 		return EXIT_CONFIG;
 	}
-
-	struct event_base *base = worker_pool_main_base(pool);
-	struct service service = {
-		.pool = pool,
-		.notify = notify_open(base),
-		.reloader = { .sources = sources, .pool = pool, .workers = workers,
-			      .log_level_fixed = log_level_fixed },
-	};
+	service.notify = notify_open(base);
 	struct event *sigint = evsignal_new(base, SIGINT, on_stop_signal, &service);
 	struct event *sigterm = evsignal_new(base, SIGTERM, on_stop_signal, &service);
 	struct event *sighup = evsignal_new(base, SIGHUP, on_hangup_signal, &service);
@@ -414,6 +455,8 @@ static int run(struct config *config, const struct config_sources *sources,
 	 */
 	ruleset_unref(rules);
 	int status = worker_pool_run(pool) == 0 ? EXIT_OK : EXIT_CONFIG;
+	/* The loop has ended: a change the admin thread waits for will not run. */
+	cross_call_stop(service.calls);
 
 	worker_pool_close(pool);
 	struct relay_counters totals;
@@ -426,6 +469,7 @@ static int run(struct config *config, const struct config_sources *sources,
 	event_free(sighup);
 	notify_close(service.notify);
 	admin_free(admin);
+	cross_call_free(service.calls);
 	worker_pool_free(pool);
 	return status;
 }

@@ -3,8 +3,11 @@
  */
 #include "portrelay/reload.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "portrelay/log.h"
 #include "portrelay/ruleset.h"
@@ -114,52 +117,119 @@ static void reload_log_forwards(const struct ruleset *rules, const struct rulese
 	}
 }
 
+/*
+ * Puts the candidate rules file in place of admin.rules_file once its rules
+ * run: a rename in the same directory, then the directory synced, so that
+ * a crash leaves the old file or the new one, never a mix.
+ */
+static int reload_commit_candidate(const char *candidate, const char *path, char *err,
+				   size_t err_len)
+{
+	if (rename(candidate, path) < 0) {
+		snprintf(err, err_len, "cannot rename %s to %s: %s", candidate, path,
+			 strerror(errno));
+		return -1;
+	}
+	char dir[CONFIG_ORIGIN_MAX];
+	snprintf(dir, sizeof dir, "%s", path);
+	char *slash = strrchr(dir, '/');
+	if (slash == dir)
+		slash[1] = '\0';
+	else if (slash != NULL)
+		*slash = '\0';
+	else
+		snprintf(dir, sizeof dir, ".");
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd >= 0) {
+		if (fsync(fd) < 0)
+			log_warn(NULL, "admin.rules_file: cannot sync the directory %s: %s", dir,
+				 strerror(errno));
+		close(fd);
+	}
+	return 0;
+}
+
 int reload_run(struct reloader *reloader)
 {
-	uint64_t attempt = ++reloader->attempts;
 	char err[1024];
+	return reload_run_candidate(reloader, NULL, err, sizeof err) == RELOAD_APPLIED ? 0 : -1;
+}
+
+enum reload_result reload_run_candidate(struct reloader *reloader, const char *candidate,
+					char *err, size_t err_len)
+{
+	uint64_t attempt = ++reloader->attempts;
 	struct config cfg;
 	struct ruleset *running = worker_pool_rules(reloader->pool);
 	struct ruleset *rules = NULL;
+	struct config_sources sources = *reloader->sources;
+	enum reload_result result = RELOAD_CONFIG_FAILED;
 
-	if (config_load_sources(&cfg, reloader->sources, err, sizeof err) < 0)
+	sources.rules_file_read = candidate;
+	if (candidate != NULL && running->cfg.admin_rules_file[0] == '\0') {
+		snprintf(err, err_len, "admin.rules_file is not set: there is nowhere to keep "
+			 "rules made through the API");
+		goto fail;
+	}
+	if (config_load_sources(&cfg, &sources, err, err_len) < 0)
 		goto fail;
 	reload_keep_restart_settings(attempt, &cfg, &running->cfg);
-	if (worker_check_transparent(&cfg, err, sizeof err) < 0) {
+	if (candidate != NULL && strcmp(cfg.admin_rules_file, running->cfg.admin_rules_file) != 0) {
+		snprintf(err, err_len, "admin.rules_file changed in the configuration file (%s "
+			 "-> %s): send SIGHUP first", running->cfg.admin_rules_file,
+			 cfg.admin_rules_file);
+		config_free(&cfg);
+		goto fail;
+	}
+	if (worker_check_transparent(&cfg, err, err_len) < 0) {
 		config_free(&cfg);
 		goto fail;
 	}
 	struct reload_diff diff = reload_compare(&cfg, running);
 	if (diff.enabled == 0) {
 		/* As at start-up; and a file caught half-written must not remove every forward. */
-		snprintf(err, sizeof err, "no enabled forward: nothing to do");
+		snprintf(err, err_len, "no enabled forward: nothing to do");
 		config_free(&cfg);
 		goto fail;
 	}
 	rules = ruleset_new(&cfg, running, reloader->workers);
 	if (rules == NULL) {
-		snprintf(err, sizeof err, "out of memory");
+		snprintf(err, err_len, "out of memory");
 		goto fail;
 	}
-	if (worker_pool_reload(reloader->pool, rules, err, sizeof err) < 0)
+	result = RELOAD_APPLY_FAILED;
+	if (worker_pool_reload(reloader->pool, rules, err, err_len) < 0)
 		goto fail;
+	if (candidate != NULL &&
+	    reload_commit_candidate(candidate, rules->cfg.admin_rules_file, err, err_len) < 0) {
+		/* Running, but not kept: back to what the file on disk holds. */
+		log_error(NULL, "reload %llu: %s; reloading the previous rules",
+			  (unsigned long long)attempt, err);
+		worker_pool_count_reload(reloader->pool, true);
+		ruleset_unref(rules);
+		ruleset_unref(running);
+		reload_run(reloader);
+		return RELOAD_COMMIT_FAILED;
+	}
 
 	if (!reloader->log_level_fixed)
 		log_set_level(rules->cfg.log_level);
 	reload_log_forwards(rules, running);
-	log_info(NULL, "reload %llu: applied: %zu forward%s enabled (%u added, %u removed, "
-		 "%u changed, %u unchanged)", (unsigned long long)attempt, diff.enabled,
+	log_info(NULL, "reload %llu: applied%s: %zu forward%s enabled (%u added, %u removed, "
+		 "%u changed, %u unchanged)", (unsigned long long)attempt,
+		 candidate != NULL ? " (a change through the admin API)" : "", diff.enabled,
 		 diff.enabled == 1 ? "" : "s", diff.added, diff.removed, diff.changed,
 		 diff.unchanged);
 	worker_pool_count_reload(reloader->pool, true);
 	ruleset_unref(rules);
 	ruleset_unref(running);
-	return 0;
+	return RELOAD_APPLIED;
 fail:
-	log_error(NULL, "reload %llu: failed, the running rules stay: %s",
-		  (unsigned long long)attempt, err);
+	log_error(NULL, "reload %llu: failed%s, the running rules stay: %s",
+		  (unsigned long long)attempt,
+		  candidate != NULL ? " (a change through the admin API)" : "", err);
 	worker_pool_count_reload(reloader->pool, false);
 	ruleset_unref(rules);
 	ruleset_unref(running);
-	return -1;
+	return result;
 }

@@ -426,8 +426,10 @@ static void udp_flow_take_replies(struct udp_relay *udp, struct udp_flow *flow,
 		replies->flow_of[slot] = flow;
 	}
 	flow->datagrams_to_client += replies->queued - queued_before;
+	uint64_t bytes_before = flow->bytes_to_client;
 	for (unsigned slot = queued_before; slot < replies->queued; slot++)
 		flow->bytes_to_client += batch->out_iov[slot][0].iov_len;
+	forward->counters->udp_bytes_to_client += flow->bytes_to_client - bytes_before;
 	udp_flow_touch(forward, flow);
 }
 
@@ -696,8 +698,10 @@ static void udp_flow_send_run(struct udp_batch *batch, struct udp_flow *flow, un
 	counters->udp_dropped_send += (last - first) - sent;
 	counters->udp_datagrams_to_internal += sent;
 	flow->datagrams_to_internal += sent;
+	uint64_t bytes_before = flow->bytes_to_internal;
 	for (unsigned i = first; i < first + sent; i++)
 		flow->bytes_to_internal += batch->in[i].msg_len;
+	counters->udp_bytes_to_internal += flow->bytes_to_internal - bytes_before;
 	udp_flow_touch(flow->port->forward, flow);
 }
 

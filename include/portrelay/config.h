@@ -24,6 +24,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include <libconfig.h>
+
 #include "portrelay/acl.h"
 #include "portrelay/log.h"
 #include "portrelay/net.h"
@@ -208,11 +210,27 @@ void config_free(struct config *cfg);
 int config_load_file(struct config *cfg, const char *path, char *err, size_t err_len);
 
 /*
- * Reads admin.rules_file: forwards only (anything else is an error naming
- * its line), appended and marked from_rules_file. A file that does not
- * exist holds no forward: 0.
+ * Reads admin.rules_file (path): forwards only (anything else is an error
+ * naming its line), appended and marked from_rules_file. A file that does
+ * not exist holds no forward: 0. read_path, when not NULL, is read in
+ * path's stead (a candidate the API is about to put there), messages
+ * still naming path.
  */
-int config_load_rules_file(struct config *cfg, const char *path, char *err, size_t err_len);
+int config_load_rules_file(struct config *cfg, const char *path, const char *read_path,
+			   char *err, size_t err_len);
+
+/*
+ * Reads one forward from a libconfig group, as a forward of the file
+ * (same fields, same checks), then completes it as config_finish does
+ * (cfg gives wan_address and the defaults; the internal host is resolved).
+ * This is how the Port Forwarding API checks a rule it was sent. where
+ * names it in messages (settings built in memory have no line). On error:
+ * -1, the message in err, and in field the name of the field at fault
+ * ("" when it is about no one field).
+ */
+int config_read_forward(const struct config *cfg, const config_setting_t *group,
+			const char *where, struct forward *out, char *err, size_t err_len,
+			char *field, size_t field_len);
 
 /* Parses one -L SPEC and appends the forward. */
 int config_add_spec(struct config *cfg, const char *spec, char *err, size_t err_len);
@@ -232,6 +250,8 @@ struct config_sources {
 	const char *path;
 	const char *const *specs;
 	size_t spec_count;
+	/* Read in admin.rules_file's stead when not NULL (config_load_rules_file). */
+	const char *rules_file_read;
 };
 
 /*
@@ -259,6 +279,12 @@ bool forward_same_target(const struct forward *a, const struct forward *b);
 
 /* The same place and the same rule: nothing but the origin differs. */
 bool forward_same_rule(const struct forward *a, const struct forward *b);
+
+/*
+ * Whether two forwards, both enabled, would listen on a common protocol,
+ * address and port: the overlap config_finish refuses.
+ */
+bool forward_overlaps(const struct forward *a, const struct forward *b);
 
 /* Number of external ports a forward opens (1 for a single port). */
 unsigned forward_port_count(const struct forward *fwd);

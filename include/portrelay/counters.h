@@ -57,6 +57,8 @@ struct relay_counters {
 	uint64_t udp_flows_expired;
 	uint64_t udp_datagrams_to_internal;
 	uint64_t udp_datagrams_to_client;
+	uint64_t udp_bytes_to_internal;    /* payload bytes of those datagrams */
+	uint64_t udp_bytes_to_client;
 	uint64_t udp_dropped_table_full;   /* new client while max_flows were open */
 	uint64_t udp_dropped_truncated;    /* larger than the relay's 64 KiB buffer */
 	uint64_t udp_dropped_send;         /* send failed: buffer full, too big, ... */

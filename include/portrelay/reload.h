@@ -29,4 +29,21 @@ struct reloader {
 /* One reload; 0 when applied, -1 when it failed (logged and counted). */
 int reload_run(struct reloader *reloader);
 
+enum reload_result {
+	RELOAD_APPLIED = 0,
+	RELOAD_CONFIG_FAILED = -1,   /* the configuration is refused: nothing changed */
+	RELOAD_APPLY_FAILED = -2,    /* a port could not be bound (rolled back): nothing changed */
+	RELOAD_COMMIT_FAILED = -3,   /* the candidate could not be put in place: reverted */
+};
+
+/*
+ * A reload for the Port Forwarding API: as reload_run, but reading the file
+ * candidate (written next to admin.rules_file) in admin.rules_file's stead;
+ * once its rules run, candidate is renamed onto admin.rules_file. Any
+ * failure leaves the running rules and admin.rules_file as they were, and
+ * puts the reason in err. Runs on the main thread, as reload_run does.
+ */
+enum reload_result reload_run_candidate(struct reloader *reloader, const char *candidate,
+					char *err, size_t err_len);
+
 #endif
