@@ -476,7 +476,7 @@ def unchanged(before, after):
     return before[0] is not None and after == before
 
 
-def wait_for(pred, timeout=5.0, step=0.05):
+def wait_for(pred, timeout=10.0, step=0.05):
     """Polls pred() until it returns a true value or the deadline passes; its last value."""
     deadline = time.monotonic() + timeout
     while True:
@@ -991,7 +991,7 @@ def test_auth(tmp):
         r = anon('GET', '/api/forwards')
         check(r.status == 401 and isinstance(r.json, dict) and 'error' in r.json,
               f'GET /api/forwards without credentials: 401 JSON (got {r})')
-        check(r.elapsed < 0.5, f'... at once ({r.elapsed:.2f} s)')
+        check(r.elapsed < 0.9, f'... at once ({r.elapsed:.2f} s)')
         security_headers(r, 'a 401 of the API')
         r = anon('POST', '/api/forwards', tcp_rule('anon', free_port(), srv))
         check(r.status == 401, f'POST without credentials: 401 (got {r})')
