@@ -739,6 +739,31 @@ def test_endpoints(tmp):
         check(r.status == 200 and tcp_refused(port), f'DELETE through the encoded path (got {r})')
         check(api('GET', path_of(odd)).status == 404, 'then GET -> 404')
 
+        # A name ending in /disable is a name: its path is not the disable action of
+        # another rule (the path is split before it is decoded).
+        plain, tricky = free_port(), free_port()
+        must_post(api, tcp_rule('x', plain, srv_a), 'a rule x')
+        must_post(api, tcp_rule('x/disable', tricky, srv_b), 'a rule named "x/disable"')
+        r = api('GET', path_of('x/disable'))
+        check(r.status == 200 and (r.json or {}).get('external_port') == tricky,
+              f'GET /api/forwards/x%2Fdisable is the rule "x/disable" (got {r})')
+        r = api('POST', path_of('x/disable'))
+        check(r.status == 405, f'POST /api/forwards/x%2Fdisable: 405 (a rule\'s path), not a disable of x (got {r})')
+        check((api.rule('x') or {}).get('enabled') is True and tcp_banner(plain) == 'A', '... x still enabled')
+        r = api('DELETE', path_of('x/disable'))
+        check(r.status == 200 and (r.json or {}).get('name') == 'x/disable' and tcp_refused(tricky)
+              and tcp_banner(plain) == 'A', f'DELETE /api/forwards/x%2Fdisable deletes "x/disable", not x (got {r})')
+        check(api('DELETE', '/api/forwards/x').status == 200, 'DELETE x')
+
+        # internal_port omitted: external_port's (to ::1, so no loop; nothing is sent).
+        port = free_port()
+        r = api('POST', '/api/forwards', {'name': 'default-port', 'protocol': 'tcp', 'external_port': port,
+                                          'internal_ip': '::1'})
+        check(r.status == 201 and (r.json or {}).get('internal_port') == port and
+              (r.json or {}).get('enabled') is True,
+              f'internal_port omitted: it is external_port\'s, enabled by default (got {r})')
+        check(api('DELETE', '/api/forwards/default-port').status == 200, 'DELETE default-port')
+
         final = [x['name'] for x in api.rules() or []]
         check(final[:2] == ['ro-tcp', 'ro-udp'] and final[3:] == ['range', 'web3'],
               f'the final list: read-only rules, then range and web3 (got {final})')
@@ -955,6 +980,11 @@ def test_errors(tmp):
         r = api('POST', '/api/forwards', rule(name='udp-on-tcp-port', protocol='udp',
                                               external_port=s.ro_tcp, internal_port=s.uecho))
         check(r.status == 201, f'UDP on a read-only TCP forward\'s port does not overlap: 201 (got {r})')
+        # A disabled rule may share a port (only enabled forwards overlap); enabling it is 409.
+        r = api('POST', '/api/forwards', rule(name='shadow', external_port=s.ro_tcp, enabled=False))
+        check(r.status == 201, f'a disabled rule on the read-only forward\'s port: 201 (got {r})')
+        expect('enable it while the read-only forward holds the port', 'POST', '/api/forwards/shadow/enable',
+               None, 409, 'external_port')
         check(os.listdir(s.rules_dir) == ['forwards.conf'],
               f'no temporary file left beside the rules file (got {os.listdir(s.rules_dir)})')
     finally:
@@ -1083,6 +1113,8 @@ def test_auth(tmp):
         check(r.status == 200 and 'javascript' in (r.headers.get('Content-Type') or ''),
               f'GET /app.js with the cookie: 200, JavaScript (got {r.status} {r.headers.get("Content-Type")!r})')
         security_headers(r, '/app.js')
+        r = anon('GET', '/api/forwards', cookie=f'theme=dark; {cookie}; other="x y"')
+        check(r.status == 200, f'the session cookie among others in one Cookie header: 200 (got {r.status})')
         r = anon('GET', '/api/forwards', cookie='portrelay_session=' + '%064x' % random.getrandbits(256))
         check(r.status == 401, f'a made-up session: 401 (got {r.status})')
 
