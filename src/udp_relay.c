@@ -28,6 +28,7 @@
 #include "portrelay/flow_table.h"
 #include "portrelay/log.h"
 #include "portrelay/net.h"
+#include "portrelay/port_claims.h"
 #include "portrelay/proxy_header.h"
 #include "portrelay/relay.h"
 #include "portrelay/source_table.h"
@@ -139,6 +140,7 @@ struct udp_forward {
 	 */
 	bool linked;                   /* in the relay's list (not a prepared one) */
 	bool draining;
+	bool claimed;                  /* its ports are in options.udp_draining */
 	uint64_t rule_changed_ms;
 	uint64_t old_flows_deadline_ms;    /* 0: none */
 	struct udp_drop_log {
@@ -800,9 +802,12 @@ static int udp_port_open(struct udp_forward *forward, struct udp_port *port, uin
 			port->taken_from = existing;
 		}
 	} else {
-		enum net_share share = forward->ctx->options.share |
-				       (fwd->freebind ? NET_FREEBIND : 0);
-		port->fd = net_bind_udp(&addr, share);
+		enum net_share share = forward->ctx->options.share;
+		/* Held by this process, for a draining forward in another worker: join it. */
+		if (share == NET_SHARED_FIRST && forward->ctx->options.udp_draining != NULL &&
+		    port_claims_hold(forward->ctx->options.udp_draining, &addr))
+			share = NET_SHARED;
+		port->fd = net_bind_udp(&addr, share | (fwd->freebind ? NET_FREEBIND : 0));
 	}
 	if (port->fd < 0) {
 		char where[NET_ADDR_STRLEN];
@@ -835,6 +840,16 @@ static void udp_port_hand_over(struct udp_port *port)
 	port->event = NULL;
 }
 
+/* A draining forward's ports: claimed while it holds them (port_claims.h). */
+static void udp_forward_release_claim(struct udp_forward *forward)
+{
+	if (forward->claimed)
+		port_claims_remove(forward->ctx->options.udp_draining, &forward->fwd->external_addr,
+				   forward->fwd->external_port_first,
+				   forward->fwd->external_port_last);
+	forward->claimed = false;
+}
+
 static void udp_forward_free(struct udp_forward *forward)
 {
 	struct flow_entry *entry;
@@ -855,8 +870,10 @@ static void udp_forward_free(struct udp_forward *forward)
 	free(forward->ports);
 	if (forward->linked) {
 		TAILQ_REMOVE(&forward->relay->forwards, forward, link);
-		if (forward->draining)
+		if (forward->draining) {
+			udp_forward_release_claim(forward);
 			relay_ctx_release_forward(forward->ctx, forward->fwd);
+		}
 		else
 			forward->relay->socket_count -= forward->port_count;
 	}
@@ -967,8 +984,15 @@ static void udp_forward_start_draining(struct udp_forward *forward)
 	forward->draining = true;
 	forward->relay->socket_count -= forward->port_count;
 	relay_ctx_take_forward(forward->ctx, forward->fwd);
-	if (flow_table_count(&forward->flows) == 0)
+	if (flow_table_count(&forward->flows) == 0) {
 		udp_forward_free(forward);
+		return;
+	}
+	struct port_claims *claims = forward->ctx->options.udp_draining;
+	forward->claimed = claims != NULL &&
+			   port_claims_add(claims, &forward->fwd->external_addr,
+					   forward->fwd->external_port_first,
+					   forward->fwd->external_port_last) == 0;
 }
 
 /* A reload kept the forward's place: it runs on under the new rule. */

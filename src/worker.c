@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "portrelay/listener.h"
+#include "portrelay/port_claims.h"
 #include "portrelay/source_table.h"
 #include "portrelay/log.h"
 #include "portrelay/tcp_relay.h"
@@ -87,6 +88,7 @@ struct worker_pool {
 	unsigned max_udp_flows;
 	unsigned max_udp_ported;
 	atomic_uint udp_ported_total;
+	struct port_claims *udp_draining;
 	unsigned fd_spare;
 	unsigned fd_reserve;
 	bool tcp_unbudgeted;           /* an explicit max_connections is the only TCP bound */
@@ -408,6 +410,7 @@ static struct relay_options worker_options(struct worker_pool *pool, const struc
 		options.max_pipes = pipes > WORKER_PIPES_MIN ? (unsigned)pipes : WORKER_PIPES_MIN;
 	}
 	options.sources = pool->sources;
+	options.udp_draining = pool->udp_draining;
 	options.tcp_open_total = &pool->tcp_open_total;
 	options.max_connections = pool->max_connections;
 	options.udp_flows_total = &pool->udp_flows_total;
@@ -587,8 +590,9 @@ struct worker_pool *worker_pool_open(struct ruleset *rules, unsigned count,
 	atomic_init(&pool->udp_flows_total, 0);
 	atomic_init(&pool->udp_ported_total, 0);
 	pool->sources = source_table_new();
+	pool->udp_draining = port_claims_new();
 	pool->workers = calloc(count, sizeof *pool->workers);
-	if (pool->workers == NULL || pool->sources == NULL) {
+	if (pool->workers == NULL || pool->sources == NULL || pool->udp_draining == NULL) {
 		worker_pool_free(pool);
 		return NULL;
 	}
@@ -765,6 +769,7 @@ void worker_pool_free(struct worker_pool *pool)
 	}
 	free(pool->workers);
 	source_table_free(pool->sources);
+	port_claims_free(pool->udp_draining);
 	ruleset_unref(pool->rules);
 	pthread_cond_destroy(&pool->mail_changed);
 	pthread_mutex_destroy(&pool->mail_lock);

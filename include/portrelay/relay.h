@@ -72,6 +72,8 @@ struct relay_options {
 	 * each other; counted when a connection or flow opens and closes.
 	 */
 	struct source_table *sources;  /* per-source counts */
+	/* UDP ports draining forwards still hold, in any worker (port_claims.h). */
+	struct port_claims *udp_draining;
 	atomic_uint *tcp_open_total;   /* TCP sessions open in every worker */
 	unsigned max_connections;
 	atomic_uint *udp_flows_total;  /* UDP flows open in every worker */
