@@ -223,7 +223,12 @@ static void admin_security_headers(struct evhttp_request *req)
 			  "frame-ancestors 'none'; base-uri 'none'");
 	evhttp_add_header(headers, "X-Frame-Options", "DENY");
 	evhttp_add_header(headers, "X-Content-Type-Options", "nosniff");
-	evhttp_add_header(headers, "Referrer-Policy", "no-referrer");
+	/*
+	 * same-origin, not no-referrer: under no-referrer a browser sends
+	 * "Origin: null" with the page's own form posts, which the CSRF check
+	 * must refuse.
+	 */
+	evhttp_add_header(headers, "Referrer-Policy", "same-origin");
 	evhttp_add_header(headers, "Cache-Control", "no-store");
 }
 
@@ -586,6 +591,11 @@ static void admin_on_request(struct evhttp_request *req, void *arg)
 	/* Public: what the login page itself needs. */
 	if (reads && (admin_is(path, "/style.css") || admin_is(path, "/favicon.svg"))) {
 		admin_send_file(req, 200, path + 1);
+		return;
+	}
+	/* Browsers ask for it on pages without an icon of their own (a JSON answer). */
+	if (reads && admin_is(path, "/favicon.ico")) {
+		admin_send_file(req, 200, "favicon.svg");
 		return;
 	}
 	if (admin_is(path, "/login") || admin_is(path, "/logout")) {
