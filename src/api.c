@@ -37,7 +37,7 @@ static void api_error(struct api_response *out, int status, const char *field, c
 	va_end(ap);
 	json_decref(out->body);
 	out->status = status;
-	out->body = json_pack("{s:s}", "error", message);
+	out->body = json_pack("{s:o}", "error", api_rule_text(message));
 	if (out->body != NULL && field != NULL && field[0] != '\0')
 		json_object_set_new(out->body, "field", json_string(field));
 }

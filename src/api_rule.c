@@ -149,6 +149,25 @@ int api_rule_fill_group(const json_t *rule, config_setting_t *group, struct api_
 	return 0;
 }
 
+/*
+ * Text of the configuration as a JSON string. The file may hold bytes that
+ * are not UTF-8 (a Latin-1 name), which JSON cannot carry: those show as '?'
+ * rather than the field going missing.
+ */
+json_t *api_rule_text(const char *text)
+{
+	json_t *value = json_string(text);
+	if (value != NULL)
+		return value;
+	char copy[1024];
+	size_t len = 0;
+	for (const unsigned char *p = (const unsigned char *)text; *p != '\0' && len + 1 < sizeof copy;
+	     p++)
+		copy[len++] = *p < 0x80 ? (char)*p : '?';
+	copy[len] = '\0';
+	return json_string(copy);
+}
+
 /* A port or a range as the file writes it: 8080 or "30000-30009". */
 static json_t *api_rule_ports(uint16_t first, uint16_t last)
 {
@@ -243,20 +262,20 @@ json_t *api_rule_to_json(const struct forward *fwd, const struct config *cfg)
 	json_t *out = json_object();
 	if (out == NULL)
 		return NULL;
-	json_object_set_new(out, "name", json_string(fwd->name));
+	json_object_set_new(out, "name", api_rule_text(fwd->name));
 	json_object_set_new(out, "protocol", json_string(forward_proto_name(fwd->proto)));
 	json_object_set_new(out, "external_address",
 			    json_string(net_addr_format_ip(&fwd->external_addr, address,
 							   sizeof address)));
 	json_object_set_new(out, "external_port",
 			    api_rule_ports(fwd->external_port_first, fwd->external_port_last));
-	json_object_set_new(out, "internal_ip", json_string(fwd->internal_host));
+	json_object_set_new(out, "internal_ip", api_rule_text(fwd->internal_host));
 	json_object_set_new(out, "internal_port",
 			    api_rule_ports(fwd->internal_port_first, fwd->internal_port_last));
 	json_object_set_new(out, "enabled", json_boolean(fwd->enabled));
 	api_rule_optional_fields(out, fwd, cfg);
 	json_object_set_new(out, "read_only", json_boolean(!fwd->from_rules_file));
-	json_object_set_new(out, "origin", json_string(fwd->origin));
+	json_object_set_new(out, "origin", api_rule_text(fwd->origin));
 	json_object_set_new(out, "counters", api_rule_counters(fwd));
 	return out;
 }

@@ -42,6 +42,12 @@ json_t *api_rule_parse(const char *body, size_t len, struct api_rule_error *erro
 int api_rule_fill_group(const json_t *rule, config_setting_t *group,
 			struct api_rule_error *error);
 
+/*
+ * A JSON string of text (at most 1023 bytes of it when it is not UTF-8:
+ * then bytes above 0x7f show as '?'). NULL when out of memory.
+ */
+json_t *api_rule_text(const char *text);
+
 /* The rule's name, or NULL when it has none that is a string. */
 const char *api_rule_name(const json_t *rule);
 
