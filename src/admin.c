@@ -536,6 +536,41 @@ static enum api_method admin_api_method(enum evhttp_cmd_type method)
 	}
 }
 
+static const char *admin_method_name(enum evhttp_cmd_type method)
+{
+	switch (method) {
+	case EVHTTP_REQ_POST: return "POST";
+	case EVHTTP_REQ_PUT: return "PUT";
+	case EVHTTP_REQ_DELETE: return "DELETE";
+	case EVHTTP_REQ_PATCH: return "PATCH";
+	case EVHTTP_REQ_OPTIONS: return "OPTIONS";
+	default: return "GET";
+	}
+}
+
+/*
+ * Every change asked through the API, in the log: who, what, and how it
+ * ended (the path as sent, percent-encoded, so one line whatever the name).
+ */
+static void admin_log_change(struct evhttp_request *req, const char *path,
+			     const struct api_response *response)
+{
+	char peer[INET6_ADDRSTRLEN + 16], shown[256];
+	size_t len = 0;
+	admin_peer(req, peer, sizeof peer);
+	for (const char *p = path; *p != '\0' && len + 1 < sizeof shown; p++)
+		shown[len++] = (unsigned char)*p < 0x20 || (unsigned char)*p >= 0x7f ? '?' : *p;
+	shown[len] = '\0';
+	const char *error = json_string_value(json_object_get(response->body, "error"));
+	if (response->status < 400)
+		log_info(NULL, "admin: %s %s %s: %d", peer,
+			 admin_method_name(evhttp_request_get_command(req)), shown, response->status);
+	else
+		log_warn(NULL, "admin: %s %s %s: %d %s", peer,
+			 admin_method_name(evhttp_request_get_command(req)), shown, response->status,
+			 error != NULL ? error : "");
+}
+
 static void admin_serve_api(struct admin *admin, struct evhttp_request *req, const char *path)
 {
 	if (evbuffer_get_length(evhttp_request_get_input_buffer(req)) > API_RULE_BODY_MAX) {
@@ -549,6 +584,9 @@ static void admin_serve_api(struct admin *admin, struct evhttp_request *req, con
 	api_handle(&admin->api, admin_api_method(evhttp_request_get_command(req)), path, body,
 		   len, &response);
 	free(body);
+	enum evhttp_cmd_type method = evhttp_request_get_command(req);
+	if (method != EVHTTP_REQ_GET && method != EVHTTP_REQ_HEAD)
+		admin_log_change(req, path, &response);
 	struct evkeyvalq *headers = evhttp_request_get_output_headers(req);
 	if (response.location[0] != '\0')
 		evhttp_add_header(headers, "Location", response.location);
