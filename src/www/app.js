@@ -26,8 +26,10 @@
   /* One API call: {ok, status, data}. A 401 (session over) reloads the page,
    * which then shows the login form. */
   async function api(method, path, body) {
+    /* referrerPolicy: under the server's `no-referrer` a browser sends `Origin: null`
+     * with a POST, which the server's CSRF check refuses. */
     const opts = { method: method, credentials: 'same-origin', cache: 'no-store',
-      headers: { Accept: 'application/json' } };
+      referrerPolicy: 'same-origin', headers: { Accept: 'application/json' } };
     if (body !== undefined) {
       opts.headers['Content-Type'] = 'application/json';
       opts.body = JSON.stringify(body);
@@ -73,6 +75,7 @@
   }
 
   const PROTOCOLS = { tcp: 'TCP', udp: 'UDP', both: 'TCP+UDP' };
+  const WILDCARDS = ['0.0.0.0', '::'];     /* every address: the port alone says it */
 
   function cellTexts(r) {
     const c = r.counters || {};
@@ -83,8 +86,8 @@
     return {
       name: String(r.name === undefined || r.name === null ? '' : r.name),
       protocol: PROTOCOLS[r.protocol] || String(r.protocol),
-      external: r.external_address ? hostPort(r.external_address, r.external_port) :
-        String(r.external_port),
+      external: r.external_address && !WILDCARDS.includes(r.external_address) ?
+        hostPort(r.external_address, r.external_port) : String(r.external_port),
       internal: hostPort(r.internal_ip, internalPort),
       enabled: r.enabled === false ? 'No' : 'Yes',
       active: String(tcp + udp),
