@@ -516,6 +516,8 @@ def security_headers(r, what):
     # under no-referrer Chrome sends "Origin: null" with the page's own login form.
     check(r.headers.get('Referrer-Policy', '').lower() in ('no-referrer', 'same-origin'),
           f'{what}: Referrer-Policy no-referrer or same-origin (got {r.headers.get("Referrer-Policy")!r})')
+    check(r.headers.get('Access-Control-Allow-Origin') is None,
+          f'{what}: no Access-Control-Allow-Origin (got {r.headers.get("Access-Control-Allow-Origin")!r})')
     check('no-store' in (r.headers.get('Cache-Control') or ''),
           f'{what}: Cache-Control no-store (got {r.headers.get("Cache-Control")!r})')
 
@@ -892,6 +894,8 @@ def test_errors(tmp):
         post('POST a range over a read-only forward\'s port',
              rule(external_port=f'{s.ro_tcp - 1}-{s.ro_tcp + 1}',
                   internal_port=f'{srv - 1}-{srv + 1}'), 409, 'external_port')
+        post('POST the wildcard address on a read-only forward\'s port',
+             rule(external_address='0.0.0.0', external_port=s.ro_tcp), 409, 'external_port', port=NO_PORT)
         post('POST the port of an API rule', rule(external_port=api1), 409, 'external_port', port=NO_PORT)
         held = free_port()
         with socket.socket() as hold:
@@ -1270,6 +1274,17 @@ def test_persist(tmp):
         require(api('DELETE', '/api/forwards/gone').status == 200, 'persist: DELETE gone')
         before = without_counters(api.rules())
         require(before is not None, 'persist: the list')
+
+        # SIGTERM with a connection open: while it may finish, a change is 503.
+        conn = Conn(s.ro_tcp, banner=False)
+        check(conn.echo(), 'a connection through ro-tcp is open')
+        file_before = s.rules_bytes()
+        relay.proc.send_signal(signal.SIGTERM)
+        check(relay.wait_line('SIGTERM'), 'SIGTERM logged')
+        r = api('POST', '/api/forwards', tcp_rule('too-late', free_port(), srv))
+        check(r.status == 503 and s.rules_bytes() == file_before,
+              f'a POST while the relay stops: 503, the rules file unchanged (got {r})')
+        conn.close()
     finally:
         code = relay.stop()
     check(code == 0, f'SIGTERM: the relay exits 0 (got {code})')
