@@ -36,6 +36,9 @@ description in README.md.
     api_test.py reload      SIGHUP every 50 ms during 30 edits: every edit succeeds, the
                             final rules are what the edits imply, no reload failed, a TCP
                             connection opened at the start still echoes at the end
+    api_test.py empty       an admin listener and a rules file but no forward yet: it
+                            starts, takes a first rule, the last one can be disabled and
+                            deleted
 
 Without an argument every part runs. PORTRELAY_BIN names the binary (meson sets it);
 without it the test skips (exit 77). PORTRELAY_TEST_QUIET=1 stops echoing the relay's
@@ -1514,10 +1517,57 @@ def test_reload(tmp):
         check(code == 0, f'the relay exits 0 after SIGTERM (got {code})')
 
 
+# ---- no forward yet -------------------------------------------------------------------
+
+def test_empty(tmp):
+    """The page is how an owner manages forwards without editing files: a configuration
+    with an admin listener and a rules file but no forward yet starts, takes its first
+    rule through the API, and lets the last one be disabled and deleted."""
+    admin_port = free_port()
+    token_path = os.path.join(tmp, 'admin.token')
+    with open(token_path, 'w') as f:
+        f.write(TOKEN + '\n')
+    rules_path = os.path.join(tmp, 'forwards.conf')
+    conf_path = os.path.join(tmp, 'portrelay.conf')
+    with open(conf_path, 'w') as f:
+        f.write('wan_address = "127.0.0.1";\n'
+                f'admin = {{ listen = "127.0.0.1:{admin_port}"; token_file = "{token_path}"; '
+                f'rules_file = "{rules_path}"; }};\n')
+    api = Api(admin_port)
+    srv = banner_echo_server('F')
+    port = free_port()
+    try:
+        relay = Relay(conf_path)
+    except Abort as e:
+        check(False, f'a configuration with an admin listener and no forward yet starts ({e.args[0].strip()!r})')
+        # The rest with a first rule put into the rules file by hand.
+        with open(rules_path, 'w') as f:
+            f.write(f'forwards = ( {{ name = "first"; protocol = "tcp"; external_port = {port}; '
+                    f'internal_ip = "127.0.0.1"; internal_port = {srv}; }} );\n')
+        relay = Relay(conf_path)
+    try:
+        if relay.count('forward first') == 0:
+            r = api('GET', '/api/forwards')
+            check(r.status == 200 and r.json == [], f'the list is empty (got {r})')
+            r = api('POST', '/api/forwards', tcp_rule('first', port, srv))
+            check(r.status == 201 and tcp_banner(port) == 'F', f'the first rule: 201, it works (got {r})')
+        r = api('POST', '/api/forwards/first/disable')
+        check(r.status == 200 and tcp_refused(port), f'the only rule disabled: 200, its port refuses (got {r})')
+        r = api('POST', '/api/forwards/first/enable')
+        check(r.status == 200 and tcp_banner(port) == 'F', f'enabled again: 200, it works (got {r})')
+        r = api('DELETE', '/api/forwards/first')
+        check(r.status == 200 and tcp_refused(port), f'the last rule deleted: 200, its port refuses (got {r})')
+        check(api.rules() == [], 'the list is empty again')
+    finally:
+        code = relay.stop()
+        check(code == 0, f'the relay exits 0 after SIGTERM (got {code})')
+
+
 # ---- main ----------------------------------------------------------------------------
 
 PARTS = {'endpoints': test_endpoints, 'errors': test_errors, 'auth': test_auth,
-         'persist': test_persist, 'concurrent': test_concurrent, 'reload': test_reload}
+         'persist': test_persist, 'concurrent': test_concurrent, 'reload': test_reload,
+         'empty': test_empty}
 
 
 def main():
