@@ -312,6 +312,8 @@ class Relay:
             self.proc.wait()
             code = 'killed: no exit within 15 s of SIGTERM'
         self.reader.join(5)
+        reports = [l for l in self.log if 'AddressSanitizer' in l or 'LeakSanitizer' in l or 'runtime error:' in l]
+        check(not reports, 'no sanitizer report in the relay\'s log' + ''.join('\n  ' + l.rstrip() for l in reports[:5]))
         return code
 
 
@@ -598,9 +600,11 @@ def test_endpoints(tmp):
             now = counters('ro-udp')
             return (now.get('udp_flows_total', 0) - before.get('udp_flows_total', 0) == 1 and
                     now.get('udp_datagrams_to_internal', 0) - before.get('udp_datagrams_to_internal', 0) == 3 and
-                    now.get('udp_datagrams_to_client', 0) - before.get('udp_datagrams_to_client', 0) == 3)
-        check(wait_for(udp_moved), f'udp_flows_total +1, udp_datagrams_to_internal +3, '
-              f'udp_datagrams_to_client +3 (before {before}, after {counters("ro-udp")})')
+                    now.get('udp_datagrams_to_client', 0) - before.get('udp_datagrams_to_client', 0) == 3 and
+                    now.get('bytes_to_internal', 0) - before.get('bytes_to_internal', 0) == 30 and
+                    now.get('bytes_to_client', 0) - before.get('bytes_to_client', 0) == 30)
+        check(wait_for(udp_moved), f'udp_flows_total +1, udp_datagrams_to_internal +3, udp_datagrams_to_client +3, '
+              f'bytes each way +30 (before {before}, after {counters("ro-udp")})')
         check(counters('ro-udp').get('udp_flows_active', 0) >= 1,
               f'udp_flows_active counts the flow (got {counters("ro-udp")})')
 
