@@ -655,6 +655,22 @@ def test_endpoints(tmp):
               r.json.get('internal_port') == srv_a and isinstance(r.json.get('counters'), dict),
               f'GET /api/forwards/web -> 200 the rule with counters (got {r})')
 
+        # Several requests on one connection (a browser keeps it alive).
+        conn = http.client.HTTPConnection('127.0.0.1', s.admin_port, timeout=IO_TIMEOUT)
+        seen = []
+        try:
+            for method, path in [('GET', '/api/forwards'), ('GET', '/api/forwards/web'), ('POST', '/api/forwards/web/enable'),
+                                 ('GET', '/api/forwards/nope'), ('GET', '/api/forwards')]:
+                conn.request(method, path, headers={'Authorization': 'Bearer ' + TOKEN})
+                resp = conn.getresponse()
+                resp.read()
+                seen.append(resp.status)
+        except (OSError, http.client.HTTPException) as e:
+            seen.append(type(e).__name__)
+        finally:
+            conn.close()
+        check(seen == [200, 200, 200, 404, 200], f'five requests on one kept-alive connection (got {seen})')
+
         # PUT: retarget to server B; an open connection stays on A.
         old = Conn(web)
         check(old.banner == 'A', 'a connection opened before the PUT reaches A')
@@ -1320,6 +1336,27 @@ def test_persist(tmp):
         check(api('PUT', '/api/forwards/ro-tcp', without_counters([named['ro-tcp']])[0]).status == 403,
               'PUT ro-tcp is still 403')
 
+        # The rules file is read at every reload too: a rule added to it by hand appears
+        # at SIGHUP, as one of the API's, and the next API change keeps it.
+        hand = free_port()
+        text = s.rules_bytes().decode()
+        end = text.rindex(')')        # the end of the forwards list
+        with open(s.rules_path, 'w') as f:
+            f.write(text[:end] + f', {{ name = "by-hand"; protocol = "tcp"; external_port = {hand}; '
+                    f'internal_ip = "127.0.0.1"; internal_port = {srv}; }} ' + text[end:])
+        applied = relay.count(r'reload \d+: applied: ')
+        relay.proc.send_signal(signal.SIGHUP)
+        check(wait_for(lambda: relay.count(r'reload \d+: (applied: |failed)') > applied, timeout=LINE_TIMEOUT)
+              and relay.count(r'reload \d+: failed') == 0, 'SIGHUP after a rule was added to the rules file by hand: applied')
+        got = api.rule('by-hand') or {}
+        check(got.get('read_only') is False and tcp_banner(hand) == 'P',
+              f'the hand-added rule is listed as the API\'s (read_only false) and works (got {got})')
+        r = api('POST', '/api/forwards/keep-off/disable')
+        check(r.status == 200 and (api.rule('by-hand') or {}).get('external_port') == hand and tcp_banner(hand) == 'P',
+              f'the next API change keeps it (got {r})')
+        r = api('DELETE', '/api/forwards/by-hand')
+        check(r.status == 200 and tcp_refused(hand), f'and the API can delete it (got {r})')
+
         # A rules file that cannot be written: 500, nothing changed.
         undo = make_unwritable(s.rules_dir)
         if undo is None:
@@ -1416,7 +1453,40 @@ def test_concurrent(tmp):
         check(working == len(won), f'every winner\'s port forwards ({working} of {len(won)})')
         check(os.listdir(s.rules_dir) == ['forwards.conf'],
               f'no temporary file left beside the rules file (got {os.listdir(s.rules_dir)})')
-        before = without_counters(listed)
+
+        # Racing on one rule: 8 DELETEs of the same rule (one 200, the rest 404), 8 renames of
+        # another to 8 new names (one 200, the rest 404: the old name is gone).
+        def race(requests):
+            out = [None] * len(requests)
+            gate = threading.Barrier(len(requests))
+
+            def one(i):
+                gate.wait()
+                out[i] = api(*requests[i], timeout=60)
+            ts = [threading.Thread(target=one, args=(i,)) for i in range(len(requests))]
+            for x in ts:
+                x.start()
+            for x in ts:
+                x.join(120)
+            return out
+        victim = distinct[0][0]
+        got = race([('DELETE', path_of(victim['name']))] * threads_n)
+        check(sorted(r.status for r in got) == [200] + [404] * (threads_n - 1),
+              f'{threads_n} DELETEs of one rule at once: one 200, the rest 404 (got {sorted(r.status for r in got)})')
+        check(tcp_refused(victim['external_port']), '... its port refuses')
+        moved = distinct[1][0]
+        got = race([('PUT', path_of(moved['name']), dict(moved, name=f'moved-{i}')) for i in range(threads_n)])
+        check(sorted(r.status for r in got) == [200] + [404] * (threads_n - 1),
+              f'{threads_n} renames of one rule at once: one 200, the rest 404 (got {sorted(r.status for r in got)})')
+        winner = [r.json.get('name') for r in got if r.status == 200 and isinstance(r.json, dict)]
+        names = api_names(api.rules())
+        check(len(winner) == 1 and names.count(winner[0]) == 1 and moved['name'] not in names and
+              not any(n.startswith('moved-') and n != winner[0] for n in names),
+              f'... the list has the winner\'s name alone (winner {winner})')
+        check(tcp_banner(moved['external_port']) == 'K', '... its port still forwards')
+        del won[victim['name']]
+        won[winner[0] if winner else '?'] = won.pop(moved['name'])
+        before = without_counters(api.rules())
     finally:
         code = relay.stop()
         check(code == 0, f'the relay exits 0 after SIGTERM (got {code})')
