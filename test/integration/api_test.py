@@ -757,6 +757,17 @@ def test_endpoints(tmp):
         r = api('POST', '/api/forwards', tcp_rule('web3', web, srv_a))
         check(r.status == 201 and tcp_banner(web) == 'A', f'the freed port can be taken by a new rule (got {r})')
 
+        # PUT moving a rule to another external port, then to UDP on it.
+        moved = free_port()
+        r = api('PUT', '/api/forwards/web3', tcp_rule('web3', moved, srv_a))
+        check(r.status == 200 and tcp_refused(web) and tcp_banner(moved) == 'A',
+              f'PUT to another external port: the old port refuses, the new one works (got {r})')
+        r = api('PUT', '/api/forwards/web3', udp_rule('web3', moved, s.uecho))
+        check(r.status == 200 and tcp_refused(moved) and udp_ask(moved, b'now udp') == b'now udp',
+              f'PUT from tcp to udp: TCP refused, datagrams answered (got {r})')
+        r = api('PUT', '/api/forwards/web3', tcp_rule('web3', web, srv_a, protocol='tcp'))
+        check(r.status == 200 and tcp_banner(web) == 'A', f'and back to tcp on the first port (got {r})')
+
         # A name with spaces, a slash and markup, through percent-encoding.
         odd = 'a b/c <img src=x onerror=alert(1)>'
         port = free_port()
@@ -1250,6 +1261,14 @@ def test_auth(tmp):
         check(r.status == 403, f'... with Host: evil.example, 403 (got {r.status})')
         r = api('GET', '/', headers={'Host': f'evil.example:{s2.admin_port}'})
         check(r.status == 403, f'... the page with Host: evil.example:PORT, 403 (got {r.status})')
+        # No credentials at all here, so the CSRF and Host checks are all that stop a web
+        # page in the owner's browser.
+        r = api('POST', '/api/forwards', tcp_rule('csrf', free_port(), srv), origin=EVIL,
+                headers={'Content-Type': 'text/plain'})
+        check(r.status == 403, f'no token_file: a POST from {EVIL}: 403 (got {r})')
+        r = api('POST', '/api/forwards', tcp_rule('rebind', free_port(), srv), origin='http://evil.example',
+                headers={'Host': 'evil.example'})
+        check(r.status == 403, f'no token_file: a POST with Host and Origin evil.example (DNS rebinding): 403 (got {r})')
         before = without_counters(api.rules())
         port = free_port()
         r = api('POST', '/api/forwards', tcp_rule('no-file', port, srv), origin=api.same_origin())
