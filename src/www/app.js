@@ -197,8 +197,13 @@
     table.dataset.refreshes = String(refreshes);
   }
 
-  function setStatus(text) {
+  let statusTimer = 0;
+  /* A message that fades after a while (transient), or stays until replaced. */
+  function setStatus(text, transient) {
+    window.clearTimeout(statusTimer);
     setText($('status'), text);
+    if (transient)
+      statusTimer = window.setTimeout(() => setText($('status'), ''), 8000);
   }
 
   async function refresh() {
@@ -328,7 +333,7 @@
         await api('PUT', ruleUrl(wasEditing), rule);
       if (r.ok) {
         resetForm();
-        setStatus((wasEditing === null ? 'Added “' : 'Saved “') + rule.name + '”.');
+        setStatus((wasEditing === null ? 'Added “' : 'Saved “') + rule.name + '”.', true);
         refresh();
       } else {
         showError(r);
@@ -368,13 +373,13 @@
         const what = rule.enabled === false ? 'enable' : 'disable';
         r = await api('POST', ruleUrl(name) + '/' + what);
         if (r.ok)
-          setStatus((what === 'enable' ? 'Enabled “' : 'Disabled “') + name + '”.');
+          setStatus((what === 'enable' ? 'Enabled “' : 'Disabled “') + name + '”.', true);
       } else if (b.classList.contains('delete')) {
         if (!window.confirm('Delete the rule “' + name + '”?'))
           return;
         r = await api('DELETE', ruleUrl(name));
         if (r.ok) {
-          setStatus('Deleted “' + name + '”.');
+          setStatus('Deleted “' + name + '”.', true);
           if (editing === name)
             resetForm();
         }

@@ -70,6 +70,7 @@ from itest_lib import Relay, check, failures, free_port, tcp_echo_server, udp_ec
 
 WAIT = 15.0           # bounds a wait for the page (a hang, not a latency)
 XSS_NAME = '<img src=x onerror=alert(1)>'
+ODD_NAME = 'media/web 50%?#'
 
 
 class Abort(Exception):
@@ -510,6 +511,19 @@ forwards = (
               'no img element on the page')
         check(page.alert() is None, 'no alert')
 
+        # Renamed through the form to a name with a slash, a space and a %, then
+        # disabled: the names travel percent-encoded in the paths.
+        page.button(XSS_NAME, 'edit').click()
+        page.wait(lambda: page.value('name') == XSS_NAME)
+        page.fill(name=ODD_NAME)
+        page.el('#save').click()
+        check(page.wait(lambda: page.row(ODD_NAME) and page.row(XSS_NAME) is None),
+              'a rule renamed through the form (%r)' % page.names())
+        if page.row(ODD_NAME):
+            page.button(ODD_NAME, 'toggle').click()
+            check(page.wait_row(ODD_NAME, lambda r: r['toggle'] == 'Enable'),
+                  'a rule named %r disabled through the page' % ODD_NAME)
+
         # --- 360 px wide, the keyboard alone
         driver.set_window_size(360, 740)
         page.wait(lambda: page.js('return window.innerWidth') <= 400, timeout=5)
@@ -576,8 +590,19 @@ forwards = (
         if shot:
             screenshot(page, admin, shot, ro_port, ro_target, udp_target)
 
-        # --- logout
+        # --- the session ended elsewhere: the next refresh's 401 brings the login form
         page.get('/')
+        page.wait(lambda: page.row('router-admin'))
+        status, _, _ = admin.request('POST', '/logout', cookie=session)
+        check(status == 303, 'POST /logout from outside the browser (%d)' % status)
+        need(page.wait(lambda: page.has('#login #token')),
+             'the page notices the session is over and shows the login form')
+        page.el('#token').send_keys(token + Keys.ENTER)
+        need(page.wait(lambda: page.row('router-admin')), 'logged in again')
+        cookie = driver.get_cookie('portrelay_session')
+        session = cookie['value'] if cookie else ''
+
+        # --- logout
         page.wait(lambda: page.has('#logout'))
         page.el('#logout button').click()
         check(page.wait(lambda: page.has('#login #token')), 'Log out returns to the login form')
