@@ -7,10 +7,12 @@ description in README.md.
                             counters that follow TCP and UDP traffic), POST (201,
                             Location; TCP echoes and UDP answers through the new port,
                             a port range), GET one, PUT (retarget: new connections reach
-                            the new server, an open one stays; GET-edit-PUT; rename),
-                            enable/disable (the port refuses, then works), DELETE (the
-                            port refuses, 404 after, the port free again), a name with
-                            spaces, a slash and markup through percent-encoding
+                            the new server, an open one stays; GET-edit-PUT; rename;
+                            another port; tcp to udp), enable/disable (the port refuses,
+                            then works; a UDP rule with a live flow, five times), DELETE
+                            (the port refuses, 404 after, the port free again), a name
+                            with spaces, a slash and markup through percent-encoding, a
+                            name ending in /disable, requests on a kept-alive connection
     api_test.py errors      every error with its status and field, each changing nothing
                             (the list and the rules file byte for byte; the port not
                             opened): bad JSON, not an object, missing fields, bad ports
@@ -23,16 +25,19 @@ description in README.md.
                             or login (401 after >= 1 s, logged), the login form's cookie
                             (attributes; GET and same-origin POST work), CSRF (a foreign
                             Origin or Sec-Fetch-Site refused whatever the credentials),
-                            logout, the security headers; without token_file: the Host
-                            check, and 409 without rules_file
+                            logout, the security headers, a flood of wrong tokens (few
+                            compared, the rest 429; an open session unaffected); without
+                            token_file: CSRF, the Host check, 409 without rules_file
     api_test.py persist     SIGTERM and a restart on the same files: the API's rules are
                             back and work, read-only ones stay read-only, the hand-written
                             file is byte-identical, the rules file holds no temporary file
-                            beside it; a rules file that cannot be written: 500, nothing
-                            changed
+                            beside it; a change while SIGTERM waits: 503; a rule added to
+                            the rules file by hand appears at SIGHUP; a rules file that
+                            cannot be written: 500, nothing changed
     api_test.py concurrent  8 threads adding 10 rules each at once, plus names and a port
                             raced for: every reply 201 or 409, the list holds exactly the
-                            winners, and so does the rules file after a restart
+                            winners, and so does the rules file after a restart; 8
+                            DELETEs or renames of one rule at once: one 200, the rest 404
     api_test.py reload      SIGHUP every 50 ms during 30 edits: every edit succeeds, the
                             final rules are what the edits imply, no reload failed, a TCP
                             connection opened at the start still echoes at the end
