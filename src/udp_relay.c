@@ -53,11 +53,17 @@ struct udp_port {
 	struct udp_forward *forward;
 	/*
 	 * Reloads: handed_over, a new forward's port reads this socket now (a
-	 * copy of it) and this one only sends its flows' replies; taken_from,
-	 * until a prepared reload is committed, the port this one copied.
+	 * copy of it) and this one only sends its flows' replies. Ports that
+	 * share one socket this way form a chain, oldest first (the same
+	 * worker's forwards of one place, removed and added again): taken_from
+	 * is the port this one copied, taken_by the one that copied this one.
+	 * Only the newest reads; when it goes, the one before reads again
+	 * (udp_port_unlink), so that a socket the kernel still hands datagrams
+	 * to always has a reader.
 	 */
 	bool handed_over;
 	struct udp_port *taken_from;
+	struct udp_port *taken_by;
 };
 
 /* The address a client sent to, as the kernel reported it (wildcard binds). */
@@ -799,6 +805,7 @@ static int udp_port_open(struct udp_forward *forward, struct udp_port *port, uin
 		port->fd = fcntl(existing->fd, F_DUPFD_CLOEXEC, 0);
 		if (port->fd >= 0) {
 			existing->handed_over = true;
+			existing->taken_by = port;
 			port->taken_from = existing;
 		}
 	} else {
@@ -850,6 +857,28 @@ static void udp_forward_release_claim(struct udp_forward *forward)
 	forward->claimed = false;
 }
 
+/*
+ * The port leaves its chain (see struct udp_port). If it was the reader,
+ * the port it copied reads again: a prepared reload aborted, or the new
+ * forward went while the older one still drains (a rule enabled, then
+ * disabled again): that socket is still in the kernel's group for the
+ * address, and datagrams sent to it must not sit unread.
+ */
+static void udp_port_unlink(struct udp_port *port)
+{
+	struct udp_port *older = port->taken_from, *newer = port->taken_by;
+	if (older != NULL)
+		older->taken_by = newer;
+	if (newer != NULL) {
+		newer->taken_from = older;
+	} else if (older != NULL) {
+		older->handed_over = false;
+		if (older->event == NULL)
+			udp_port_start(older);
+	}
+	port->taken_from = port->taken_by = NULL;
+}
+
 static void udp_forward_free(struct udp_forward *forward)
 {
 	struct flow_entry *entry;
@@ -864,8 +893,7 @@ static void udp_forward_free(struct udp_forward *forward)
 			event_free(port->event);
 		if (port->fd >= 0)
 			close(port->fd);
-		if (port->taken_from != NULL)
-			port->taken_from->handed_over = false;   /* a prepared reload aborted */
+		udp_port_unlink(port);
 	}
 	free(forward->ports);
 	if (forward->linked) {
@@ -1032,10 +1060,8 @@ void udp_relay_commit(struct udp_relay *udp, struct udp_plan *plan)
 		TAILQ_INSERT_HEAD(&udp->forwards, forward, link);
 		forward->linked = true;
 		udp->socket_count += forward->port_count;
-		for (unsigned i = 0; i < forward->port_count; i++) {
-			forward->ports[i].taken_from = NULL;
+		for (unsigned i = 0; i < forward->port_count; i++)
 			udp_port_start(&forward->ports[i]);
-		}
 	}
 	free(plan);
 }
