@@ -500,7 +500,8 @@ int main(int argc, char **argv)
 		show_forwards(&cfg, false);
 		goto out;
 	}
-	if (count_enabled(&cfg) == 0) {
+	/* With the admin endpoint, rules can come later, from the Port Forwarding page. */
+	if (count_enabled(&cfg) == 0 && cfg.admin_listen[0] == '\0') {
 		fprintf(stderr, "portrelay: no enabled forward: nothing to do\n");
 		status = EXIT_CONFIG;
 		goto out;

@@ -186,8 +186,12 @@ enum reload_result reload_run_candidate(struct reloader *reloader, const char *c
 		goto fail;
 	}
 	struct reload_diff diff = reload_compare(&cfg, running);
-	if (diff.enabled == 0) {
-		/* As at start-up; and a file caught half-written must not remove every forward. */
+	if (diff.enabled == 0 && cfg.admin_listen[0] == '\0') {
+		/*
+		 * As at start-up (where the admin endpoint, and rules from its page,
+		 * make none a valid start); and a file caught half-written must not
+		 * remove every forward.
+		 */
 		snprintf(err, err_len, "no enabled forward: nothing to do");
 		config_free(&cfg);
 		goto fail;
