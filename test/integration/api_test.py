@@ -89,25 +89,8 @@ def require(cond, what):
         raise Abort(what)
 
 
-_taken = set()
-
-
-def free_port():
-    """A port free for TCP and UDP on 127.0.0.1, below the ephemeral range, never handed
-    out twice in this run (the relay's own ports are held only by the relay)."""
-    for _ in range(1000):
-        port = random.randint(20000, 31999)
-        if port in _taken:
-            continue
-        try:
-            with socket.socket() as t, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                t.bind(('127.0.0.1', port))
-                u.bind(('127.0.0.1', port))
-        except OSError:
-            continue
-        _taken.add(port)
-        return port
-    raise RuntimeError('no free port')
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from itest_lib import free_port, taken_ports as _taken  # noqa: E402
 
 
 def free_range(width):

@@ -25,17 +25,26 @@ def check(cond, what):
     return cond
 
 
+# Ports free_port has handed out in this process: the relay may hold one only later.
+taken_ports = set()
+
+
 def free_port():
-    """A port free for TCP and UDP on 127.0.0.1, below the ephemeral range."""
-    for _ in range(200):
+    """A port free for TCP and UDP on 127.0.0.1, below the ephemeral range, never handed
+    out twice in this process (a port given to a relay that has not bound it yet looks
+    free)."""
+    for _ in range(1000):
         port = random.randint(20000, 31999)
+        if port in taken_ports:
+            continue
         try:
             with socket.socket() as t, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
                 t.bind(('127.0.0.1', port))
                 u.bind(('127.0.0.1', port))
-                return port
         except OSError:
             continue
+        taken_ports.add(port)
+        return port
     raise RuntimeError('no free port')
 
 

@@ -34,7 +34,7 @@ import time
 import urllib.error
 import urllib.request
 
-from itest_lib import sample
+from itest_lib import free_port, sample
 
 BIN = os.environ.get('PORTRELAY_BIN')
 QUIET = os.environ.get('PORTRELAY_TEST_QUIET') == '1'
@@ -58,25 +58,6 @@ def check(cond, what):
 def require(cond, what):
     if not check(cond, what):
         raise Abort(what)
-
-
-def free_port(taken=set()):
-    """A port free for TCP and UDP on 127.0.0.1, below the ephemeral range,
-    never handed out twice by this process."""
-    import random
-    for _ in range(500):
-        port = random.randint(20000, 31999)
-        if port in taken:
-            continue
-        try:
-            with socket.socket() as t, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                t.bind(('127.0.0.1', port))
-                u.bind(('127.0.0.1', port))
-        except OSError:
-            continue
-        taken.add(port)
-        return port
-    raise RuntimeError('no free port')
 
 
 # ---- the relay ---------------------------------------------------------------------
