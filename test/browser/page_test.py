@@ -50,6 +50,7 @@ import json  # noqa: E402
 import re  # noqa: E402
 import secrets  # noqa: E402
 import shutil  # noqa: E402
+import signal  # noqa: E402
 import socket  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
@@ -682,6 +683,8 @@ def screenshot(page, admin, path, ro_port, echo_port, udp_echo):
 
 
 def main():
+    # meson's timeout sends SIGTERM: unwind, so that the browser and the relay are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit('SIGTERM'))
     if not os.environ.get('PORTRELAY_BIN'):
         os.environ['PORTRELAY_BIN'] = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                    '..', '..', 'build', 'portrelay')
