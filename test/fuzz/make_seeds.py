@@ -223,13 +223,30 @@ CONFIG_SEEDS = {
 }
 
 # fuzz_admin: byte 0 picks the endpoint ("0": the one asking for the bearer
-# token, "1": the open one), the rest is what the client sends.
+# token, "1": the open one on a Unix socket, "2": the open one on TCP, where
+# the Host header is checked), "<" (0x3c): the token one, wrong tokens
+# allowed (each answered after a second); bits 6-7 what the API's apply
+# answers ("A"/"B": 1 on the open endpoint ...). The rest is what the client
+# sends.
 ADMIN_TOKEN = "fuzz-token-0123456789"
+SESSION = "portrelay_session=" + "0123456789abcdef" * 4
+RULE = ('{"name":"new","protocol":"tcp","external_address":"127.0.0.1","external_port":18081,'
+        '"internal_ip":"127.0.0.1","internal_port":80,"enabled":true}')
+
+
+def http(method, path, headers=(), body="", version="HTTP/1.1"):
+    lines = ["%s %s %s" % (method, path, version)] + list(headers)
+    if body:
+        lines.append("Content-Length: %d" % len(body.encode("latin-1")))
+    return "\r\n".join(lines) + "\r\n\r\n" + body
+
+
+BEARER = "Authorization: Bearer " + ADMIN_TOKEN
 ADMIN_SEEDS = {
     "metrics-token": "0GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n\r\n" % ADMIN_TOKEN,
     "status-token": "0GET /status HTTP/1.0\r\nAuthorization: bearer %s\r\n\r\n" % ADMIN_TOKEN,
     "no-token": "0GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
-    "wrong-token": "0GET /metrics HTTP/1.1\r\nAuthorization: Bearer fuzz-token-012345678\r\n\r\n",
+    "wrong-token": "<GET /metrics HTTP/1.1\r\nAuthorization: Bearer fuzz-token-012345678\r\n\r\n",
     "basic-auth": "0GET /status HTTP/1.1\r\nAuthorization: Basic dXNlcjpwYXNz\r\n\r\n",
     "metrics": "1GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:9330\r\nAccept: */*\r\n\r\n",
     "status": "1GET /status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
@@ -255,8 +272,148 @@ ADMIN_SEEDS = {
     "partial": "1GET /metr",
     "garbage": "1\x00\xff\r\n\r\n",
     "bad-version": "1GET /metrics HTTP/9.9\r\n\r\n",
+    # The page and the login (issue 13).
+    "login-page": "0" + http("GET", "/", ["Host: 127.0.0.1:9330", "Accept: text/html"]),
+    "login-page-head": "0" + http("HEAD", "/index.html", ["Host: 127.0.0.1:9330"]),
+    "page-token": "0" + http("GET", "/", [BEARER]) + http("GET", "/app.js", [BEARER]),
+    "app-js-no-token": "0" + http("GET", "/app.js", ["Host: localhost"]),
+    "style": "0" + http("GET", "/style.css") + http("HEAD", "/favicon.svg"),
+    "favicon-post": "0" + http("POST", "/favicon.svg", [], "x"),
+    "login": "0" + http("POST", "/login", ["Host: 127.0.0.1:9330", "Origin: http://127.0.0.1:9330",
+                                          "Sec-Fetch-Site: same-origin",
+                                          "Content-Type: application/x-www-form-urlencoded"],
+                        "token=" + ADMIN_TOKEN),
+    "login-then-page": "0" + http("POST", "/login", [], "token=%s&next=%%2F" % ADMIN_TOKEN) +
+                       http("GET", "/", ["Cookie: " + SESSION]),
+    "login-empty": "0" + http("POST", "/login", [], "token="),
+    "login-no-body": "0" + http("POST", "/login"),
+    "login-get": "0" + http("GET", "/login") + http("PUT", "/logout"),
+    "login-wrong": "<" + http("POST", "/login", ["Content-Type: application/x-www-form-urlencoded"],
+                              "token=guess"),
+    "login-open": "1" + http("POST", "/login", [], "token=x"),
+    "logout": "0" + http("POST", "/logout", ["Cookie: theme=dark; " + SESSION + "; x=y"]),
+    "cookie-page": "0" + http("GET", "/", ["Cookie: a=b; " + SESSION]) +
+                   http("GET", "/api/forwards", ["Cookie: " + SESSION.upper()]),
+    "csrf-origin": "0" + http("POST", "/api/forwards", [BEARER, "Host: 127.0.0.1:9330",
+                                                      "Origin: http://evil.example",
+                                                      "Content-Type: application/json"], RULE),
+    "csrf-fetch-site": "0" + http("DELETE", "/api/forwards/api%20one",
+                                  [BEARER, "Sec-Fetch-Site: cross-site"]),
+    "csrf-null-origin": "1" + http("POST", "/logout", ["Host: localhost", "Origin: null"]),
+    "same-origin-https": "1" + http("PUT", "/api/forwards/api%20one",
+                                    ["Host: localhost:9330", "Origin: https://localhost:9330",
+                                     "Sec-Fetch-Site: same-origin"], RULE),
+    "host-name": "2" + http("GET", "/metrics", ["Host: evil.example"]),
+    "host-rebind": "2" + http("GET", "/api/forwards", ["Host: 127.0.0.1.evil.example:9330"]),
+    "host-ip": "2" + http("GET", "/api/forwards", ["Host: 127.0.0.1:9330"]) +
+               http("HEAD", "/", ["Host: [::1]:9330"]) + http("GET", "/status", ["Host: LOCALHOST"]),
+    "host-none": "2" + http("GET", "/", [], version="HTTP/1.0"),
+    # The API through the endpoint.
+    "api-list": "0" + http("GET", "/api/forwards", [BEARER]),
+    "api-list-no-token": "0" + http("GET", "/api/forwards/", []),
+    "api-get": "1" + http("GET", "/api/forwards/api%2Ftwo%25") + http("HEAD", "/api/forwards/web%20%22one%22%5C"),
+    "api-post": "1" + http("POST", "/api/forwards", ["Content-Type: application/json"], RULE),
+    "api-post-token": "0" + http("POST", "/api/forwards", [BEARER, "Content-Type: application/json"], RULE),
+    "api-post-bad": "A" + http("POST", "/api/forwards", [], '{"name":"x","external_port":70000}'),
+    "api-put": "\x81" + http("PUT", "/api/forwards/api%20one", [],
+                             '{"protocol":"udp","external_port":"41000-41001","internal_ip":"backend.test"}'),
+    "api-put-readonly": "1" + http("PUT", "/api/forwards/ftp", [], RULE),
+    "api-enable": "\xc1" + http("POST", "/api/forwards/api%2Ftwo%25/enable") +
+                  http("POST", "/api/forwards/api%20one/disable"),
+    "api-delete": "1" + http("DELETE", "/api/forwards/api%20one") + http("DELETE", "/api/forwards/nope"),
+    "api-method": "1" + http("PATCH", "/api/forwards") + http("OPTIONS", "/api/forwards/api%20one/enable"),
+    "api-chunked": "1POST /api/forwards HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n3\r\n:1}\r\n0\r\n\r\n",
+    "api-bad-path": "1" + http("GET", "/api") + http("GET", "/api/forwards/a/b") + http("GET", "/api/forwards/%00"),
 }
 
+# fuzz_api: byte 0 = method (bits 0-2: GET HEAD POST PUT DELETE OTHER POST
+# PUT), path (bits 3-5, see fuzz_api.c), what apply answers (bits 6-7); for
+# paths 5-7 the path comes first, up to a newline; the rest is the body.
+GET, HEAD, POST, PUT, DELETE, OTHER = range(6)
+COLLECTION, ONE, ONE_DISABLE, TWO_ENABLE, READ_ONLY, ENCODED, SUFFIX, RAW = range(8)
+
+
+def api(method, kind, rest="", result=0):
+    return chr(method | kind << 3 | result << 6) + rest
+
+
+API_SEEDS = {
+    "list": api(GET, COLLECTION),
+    "head-one": api(HEAD, ONE),
+    "get-read-only": api(GET, READ_ONLY),
+    "get-encoded": api(GET, ENCODED, "api/two%\n"),
+    "post": api(POST, COLLECTION, RULE),
+    "post-range": api(POST, COLLECTION, '{"name":"range","protocol":"both","external_port":"30000-30009",'
+                      '"internal_ip":"192.0.2.10","internal_port":"40000-40009"}'),
+    "post-all-fields": api(POST, COLLECTION,
+                           '{"name":"ftp2","protocol":"tcp","external_address":"127.0.0.1",'
+                           '"external_port":2121,"internal_ip":"ftp.test","internal_port":21,'
+                           '"enabled":true,"ftp":true,"ftp_data_ports":"31000-31009",'
+                           '"access_log":true,"max_connections":100,"max_connections_per_source":5,'
+                           '"max_flows_per_source":7,"allow":["10.0.0.0/8","2001:db8::/32"],'
+                           '"deny":["0.0.0.0/0"],"freebind":true}', 1),
+    "post-udp": api(POST, COLLECTION, '{"name":"dns","protocol":"udp","external_address":"::1",'
+                    '"external_port":5353,"internal_ip":"localhost","internal_port":53,'
+                    '"udp_idle_timeout":2.5,"proxy_protocol":"v2","source":"client"}', 2),
+    "post-disabled": api(POST, COLLECTION, '{"name":"later","protocol":"tcp","external_port":1,'
+                         '"internal_ip":"nowhere.invalid","enabled":false,"max_connections":null}', 3),
+    "post-output-fields": api(POST, COLLECTION,
+                              '{"name":"copy","protocol":"tcp","external_address":"0.0.0.0",'
+                              '"external_port":18082,"internal_ip":"127.0.0.1","internal_port":80,'
+                              '"enabled":true,"read_only":false,"origin":"x:1","counters":'
+                              '{"tcp_connections_active":0,"bytes_to_client":0}}'),
+    "post-port-70000": api(POST, COLLECTION, '{"name":"a","protocol":"tcp","external_port":70000,"internal_ip":"1.2.3.4"}'),
+    "post-reversed": api(POST, COLLECTION, '{"name":"a","protocol":"tcp","external_port":"10-5","internal_ip":"1.2.3.4"}'),
+    "post-widths": api(POST, COLLECTION, '{"name":"a","protocol":"udp","external_port":"10-15",'
+                       '"internal_ip":"1.2.3.4","internal_port":"20-21"}'),
+    "post-missing": api(POST, COLLECTION, '{"name":"a","external_port":1}'),
+    "post-yes": api(POST, COLLECTION, '{"name":"a","protocol":"tcp","external_port":1,"internal_ip":"1.2.3.4","enabled":"yes"}'),
+    "post-newline-name": api(POST, COLLECTION, '{"name":"a\\nb","protocol":"tcp","external_port":1,"internal_ip":"1.2.3.4"}'),
+    "post-object": api(POST, COLLECTION, '{"name":"a","protocol":{"x":1}}'),
+    "post-numbers-list": api(POST, COLLECTION, '{"name":"a","allow":[1,2]}'),
+    "post-unknown": api(POST, COLLECTION, '{"name":"a","protocol":"tcp","colour":"red","a b":1}'),
+    "post-duplicate": api(POST, COLLECTION, '{"name":"a","name":"b"}'),
+    "post-not-json": api(POST, COLLECTION, '{"name":'),
+    "post-array": api(POST, COLLECTION, '[{"name":"a"}]'),
+    "post-no-name": api(POST, COLLECTION, '{"protocol":"tcp","external_port":1,"internal_ip":"1.2.3.4"}'),
+    "post-name-taken": api(POST, COLLECTION, '{"name":"web","protocol":"tcp","external_port":1,"internal_ip":"1.2.3.4"}'),
+    "post-overlap": api(POST, COLLECTION, '{"name":"x","protocol":"udp","external_address":"127.0.0.1",'
+                        '"external_port":"40005-40020","internal_ip":"1.2.3.4","enabled":true}'),
+    "post-loop": api(POST, COLLECTION, '{"name":"loop","protocol":"tcp","external_address":"127.0.0.1",'
+                     '"external_port":23456,"internal_ip":"127.0.0.1","internal_port":23456}'),
+    "post-big-numbers": api(POST, COLLECTION, '{"name":"a","protocol":"tcp","external_port":1,'
+                            '"internal_ip":"1.2.3.4","max_connections":4294967296,'
+                            '"udp_idle_timeout":1e300}'),
+    "post-scoped": api(POST, COLLECTION, '{"name":"v6","protocol":"tcp","external_address":"[::1]",'
+                       '"external_port":18083,"internal_ip":"[fe80::1%lo]","internal_port":80}'),
+    "put-same-name": api(PUT, ONE, '{"protocol":"tcp","external_address":"127.0.0.1","external_port":18084,'
+                         '"internal_ip":"192.0.2.8"}'),
+    "put-rename": api(PUT, ONE, '{"name":"api renamed","protocol":"both","external_port":"18085-18086",'
+                      '"internal_ip":"backend.test","internal_port":"28085-28086"}', 1),
+    "put-name-null": api(PUT, ONE, '{"name":null,"protocol":"tcp"}'),
+    "put-read-only": api(PUT, READ_ONLY, RULE),
+    "put-collection": api(PUT, COLLECTION, RULE),
+    "put-encoded": api(PUT, ENCODED, 'api/two%\n{"protocol":"udp","external_port":"40000-40009",'
+                       '"internal_ip":"backend.test","internal_port":"50000-50009","enabled":true}', 2),
+    "disable": api(POST, ONE_DISABLE),
+    "enable": api(POST, TWO_ENABLE, "", 1),
+    "enable-get": api(GET, TWO_ENABLE),
+    "enable-suffix": api(POST, SUFFIX, "/api%20one/enable\n", 3),
+    "disable-read-only": api(POST, SUFFIX, "/web/disable\n"),
+    "delete": api(DELETE, ONE),
+    "delete-encoded": api(DELETE, ENCODED, "api/two%\n", 2),
+    "delete-read-only": api(DELETE, READ_ONLY),
+    "delete-collection": api(DELETE, COLLECTION),
+    "other": api(OTHER, ONE),
+    "other-collection": api(OTHER, COLLECTION),
+    "raw-trailing-slash": api(POST, RAW, "/api/forwards/\n" + RULE),
+    "raw-api": api(GET, RAW, "/api\n"),
+    "raw-two-levels": api(GET, SUFFIX, "/a/b\n"),
+    "raw-nul": api(GET, SUFFIX, "/%00\n"),
+    "raw-plus": api(GET, SUFFIX, "/api+one\n"),
+    "raw-bad-escape": api(DELETE, SUFFIX, "/%zz\n"),
+    "raw-long": api(GET, SUFFIX, "/" + "a" * 300 + "\n"),
+}
 
 def write(target, name, data):
     d = os.path.join(CORPUS, target)
@@ -280,6 +437,8 @@ def main():
         write("config", name, text)
     for name, text in ADMIN_SEEDS.items():
         write("admin", name, text)
+    for name, text in API_SEEDS.items():
+        write("api", name, text)
     with open(os.path.join(ROOT, "etc", "portrelay.conf"), "rb") as f:
         write("config", "etc-portrelay.conf", f.read())
 
