@@ -264,9 +264,11 @@ json_t *api_rule_to_json(const struct forward *fwd, const struct config *cfg)
 		return NULL;
 	json_object_set_new(out, "name", api_rule_text(fwd->name));
 	json_object_set_new(out, "protocol", json_string(forward_proto_name(fwd->proto)));
-	json_object_set_new(out, "external_address",
-			    json_string(net_addr_format_ip(&fwd->external_addr, address,
-							   sizeof address)));
+	/* Left out when it follows wan_address: a rule fetched and sent back still does. */
+	if (!fwd->external_from_wan)
+		json_object_set_new(out, "external_address",
+				    json_string(net_addr_format_ip(&fwd->external_addr, address,
+								   sizeof address)));
 	json_object_set_new(out, "external_port",
 			    api_rule_ports(fwd->external_port_first, fwd->external_port_last));
 	json_object_set_new(out, "internal_ip", api_rule_text(fwd->internal_host));

@@ -397,8 +397,10 @@ int config_finish_forward(const struct config *cfg, struct forward *fwd, char *e
 		field = &unused;
 	*field = "external_address";
 	config_forward_label(fwd, label, sizeof label);
-	if (fwd->external_host[0] == '\0')
+	if (fwd->external_host[0] == '\0') {
 		snprintf(fwd->external_host, sizeof fwd->external_host, "%s", cfg->wan_address);
+		fwd->external_from_wan = true;
+	}
 	if (!config_numeric_address(fwd->external_host, bare, sizeof bare))
 		return config_fail(err, err_len, fwd->origin, label,
 				   "external address \"%s\" is not a numeric IPv4 or IPv6 address",

@@ -112,6 +112,8 @@ struct forward {
 	bool source_client;
 	/* It came from admin.rules_file (editable by the API), not the hand-written file or -L. */
 	bool from_rules_file;
+	/* No external_address of its own: it follows wan_address (so the API leaves it out). */
+	bool external_from_wan;
 
 	/* Where it came from, for messages: "etc/x.conf:12" or "-L 'tcp:...'". */
 	char origin[CONFIG_ORIGIN_MAX];
