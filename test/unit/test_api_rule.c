@@ -184,6 +184,7 @@ static void test_fill_group_refuses(void **state)
 	assert_refused(env, "{\"name\": \"a\", \"allow\": [\"10.0.0.0/8\", 1]}", "allow");
 	assert_refused(env, "{\"name\": \"a\", \"deny\": [[\"10.0.0.0/8\"]]}", "deny");
 	assert_refused(env, "{\"name\": \"a\", \"allow\": [null]}", "allow");
+	assert_non_null(strstr(env->err, "list of strings"));
 	/* Names libconfig cannot hold: unknown, named. */
 	assert_refused(env, "{\"name\": \"a\", \"a b\": 1}", "a b");
 	assert_refused(env, "{\"name\": \"a\", \"1st\": 1}", "1st");
