@@ -464,9 +464,24 @@ static int run(struct config *config, const struct config_sources *sources,
 	struct ruleset *last = worker_pool_rules(pool);
 	log_totals(&last->cfg, &totals);
 	ruleset_unref(last);
+	/*
+	 * Freeing the signal events gives the signals their default action
+	 * back: a second SIGINT or SIGTERM arriving now (it asks to stop at
+	 * once; we are stopping) would kill the process instead of exiting 0.
+	 * Blocked first, then ignored: one pending meanwhile is discarded.
+	 */
+	sigset_t stop_signals;
+	sigemptyset(&stop_signals);
+	sigaddset(&stop_signals, SIGINT);
+	sigaddset(&stop_signals, SIGTERM);
+	sigaddset(&stop_signals, SIGHUP);
+	pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
 	event_free(sigint);
 	event_free(sigterm);
 	event_free(sighup);
+	signal(SIGINT, SIG_IGN);
+	signal(SIGTERM, SIG_IGN);
+	signal(SIGHUP, SIG_IGN);
 	notify_close(service.notify);
 	admin_free(admin);
 	cross_call_free(service.calls);
