@@ -35,12 +35,14 @@
  * barely reached. So on the token endpoint an input that may present any
  * token but the right one (the case-insensitive word "bearer" not followed
  * by " fuzz-token-0123456789" and a line end; or a request to /login with a
- * '=' in it that is not that of "token=fuzz-token-0123456789" followed by
- * '&', a line end or the end, nor of a portrelay_session cookie) is skipped
+ * chunked body, a Content-Length not plainly written, or a '=' in the bytes
+ * a Content-Length says are the body that is not that of
+ * "token=fuzz-token-0123456789" or of an empty "token=", followed by '&', a
+ * line end or the body's end) is skipped
  * (and kept out of the corpus), unless SSSS is all set (one byte-0 value
  * in sixteen) and such inputs have so far taken less than one part in
- * SLOW_SHARE of the run's time (the first one always goes through, so a
- * crash reproduces): weighing by the byte alone is not enough, as one
+ * SLOW_SHARE of the run's time, after the first SLOW_FREE_MS (the seeds'
+ * go through, and a crash reproduces): weighing by the byte alone is not enough, as one
  * second is worth thousands of fast inputs, and mutations of a slow corpus
  * entry are mostly slow too. Those inputs, at most two such presentations
  * each, take their second (the bound on the close grows by as much), keep
@@ -49,7 +51,9 @@
  * delayed 401 of the API and of the login form) under the fuzzer, and cost
  * no credit overall (one wrong token a second at most, as it refills). The
  * prediction errs on the safe side: a right token it cannot see as such
- * (folded, percent-encoded) is only treated as a wrong one. The 429 path
+ * (folded, percent-encoded) is only treated as a wrong one; an input that
+ * took a wrong token's second all the same is counted in the budget and
+ * kept out of the corpus. The 429 path
  * (credit spent) is left to the unit tests (test_admin_auth.c).
  *
  * Checks beyond the sanitizers:
@@ -139,8 +143,12 @@ static void show_answer(const char *ans, size_t len)
 #define WRONG_TOKEN_MS 1300
 /* Wrong tokens an input may present (SSSS set): each takes its second. */
 #define WRONG_TOKENS_MAX 2
-/* Inputs with wrong tokens take at most one part in SLOW_SHARE of the time. */
+/*
+ * Inputs with wrong tokens take at most one part in SLOW_SHARE of the time,
+ * after SLOW_FREE_MS (the seeds' own, loaded first).
+ */
 #define SLOW_SHARE 20
+#define SLOW_FREE_MS 6000
 #define ANSWER_MAX (1 << 20)
 #define ENDPOINTS 3
 
@@ -427,8 +435,31 @@ static bool ends_value(const uint8_t *p, const uint8_t *end)
 }
 
 /*
+ * The '=' of a form body [p, end) that may carry a token other than the
+ * right one: any but that of "token=" with the right token or none.
+ */
+static unsigned form_risks(const uint8_t *p, const uint8_t *end)
+{
+	unsigned risks = 0;
+	for (const uint8_t *eq = memchr(p, '=', (size_t)(end - p)); eq != NULL;
+	     eq = memchr(eq + 1, '=', (size_t)(end - eq - 1))) {
+		size_t before = (size_t)(eq - p), after = (size_t)(end - eq - 1);
+		bool named = before >= 5 && strncasecmp((const char *)eq - 5, "token", 5) == 0;
+		/* The right token, or none (asked for again at once, unchecked). */
+		bool token = named && (ends_value(eq + 1, end) ||
+				       (after >= strlen(TOKEN) &&
+					memcmp(eq + 1, TOKEN, strlen(TOKEN)) == 0 &&
+					ends_value(eq + 1 + strlen(TOKEN), end)));
+		risks += !token;
+	}
+	return risks;
+}
+
+/*
  * How many tokens other than the right one the input may present to the
  * token endpoint (see the top of the file): each is answered after a second.
+ * Bearer headers; and for /login, the form body of every Content-Length
+ * (as long as it says: a length that cuts the token makes a wrong one).
  */
 static unsigned wrong_token_risks(const uint8_t *req, size_t len)
 {
@@ -445,14 +476,31 @@ static unsigned wrong_token_risks(const uint8_t *req, size_t len)
 	}
 	if (memmem(req, len, "/login", 6) == NULL)
 		return risks;
-	for (const uint8_t *eq = memchr(req, '=', len); eq != NULL;
-	     eq = memchr(eq + 1, '=', (size_t)(end - eq - 1))) {
-		size_t before = (size_t)(eq - req), after = (size_t)(end - eq - 1);
-		bool cookie = before >= 17 && memcmp(eq - 17, ADMIN_SESSION_COOKIE, 17) == 0;
-		bool token = before >= 5 && strncasecmp((const char *)eq - 5, "token", 5) == 0 &&
-			     after >= strlen(TOKEN) && memcmp(eq + 1, TOKEN, strlen(TOKEN)) == 0 &&
-			     ends_value(eq + 1 + strlen(TOKEN), end);
-		risks += !cookie && !token;
+	/* A chunked body: not followed here. */
+	risks += find_ci(req, len, "transfer-encoding") != NULL;
+	for (const uint8_t *p = find_ci(req, len, "content-length"); p != NULL;
+	     p = find_ci(p + 1, (size_t)(end - p - 1), "content-length")) {
+		const uint8_t *q = p + strlen("content-length");
+		size_t n = 0;
+		int digits = 0;
+		if (q < end && *q == ':')
+			q++;
+		while (q < end && (*q == ' ' || *q == '\t'))
+			q++;
+		for (; q < end && *q >= '0' && *q <= '9' && digits < 9; q++, digits++)
+			n = n * 10 + (size_t)(*q - '0');
+		if (digits == 0 || q >= end || (*q != '\r' && *q != '\n')) {
+			risks++;   /* a length read some other way, or none: unknown */
+			continue;
+		}
+		/* The body: after the first empty line (CRLF or a bare LF). */
+		const uint8_t *crlf = memmem(q, (size_t)(end - q), "\n\r\n", 3);
+		const uint8_t *lf = memmem(q, (size_t)(end - q), "\n\n", 2);
+		const uint8_t *body = crlf != NULL && (lf == NULL || crlf < lf) ? crlf + 3
+				      : lf != NULL ? lf + 2 : NULL;
+		if (body == NULL)
+			continue;
+		risks += form_risks(body, (size_t)(end - body) < n ? end : body + n);
 	}
 	return risks;
 }
@@ -599,7 +647,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	/* A second or more: see the top of the file. */
 	if (risks > (slow_ok ? WRONG_TOKENS_MAX : 0))
 		return -1;
-	if (risks > 0 && slow_ms * SLOW_SHARE > now_ms() - start_ms)
+	if (risks > 0 && slow_ms > SLOW_FREE_MS + (now_ms() - start_ms) / SLOW_SHARE)
 		return -1;
 	long started = now_ms();
 	applier.result = (enum fuzz_apply_result)(data[0] >> 6);
@@ -658,8 +706,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		}
 	}
 	close(fd);
-	if (risks > 0)
-		slow_ms += now_ms() - started;
+	long took = now_ms() - started;
+	/* A wrong token the prediction missed: counted, and kept out of the corpus. */
+	bool missed = risks == 0 && took >= WRONG_TOKEN_MS * 3 / 4;
+	if (risks > 0 || missed)
+		slow_ms += took;
 	check_answer(req, req_len, ans, got, endpoint);
 	shown_ans = NULL;
 	/* Nothing changed on disk: no candidate left, the file as it was. */
@@ -681,5 +732,5 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		}
 		CHECK(fds <= sockets_after_setup);
 	}
-	return 0;
+	return missed ? -1 : 0;
 }

@@ -283,7 +283,7 @@ ADMIN_SEEDS = {
                                           "Sec-Fetch-Site: same-origin",
                                           "Content-Type: application/x-www-form-urlencoded"],
                         "token=" + ADMIN_TOKEN),
-    "login-then-page": "0" + http("POST", "/login", [], "token=%s&next=%%2F" % ADMIN_TOKEN) +
+    "login-then-page": "0" + http("POST", "/login", [], "token=" + ADMIN_TOKEN) +
                        http("GET", "/", ["Cookie: " + SESSION]),
     "login-empty": "0" + http("POST", "/login", [], "token="),
     "login-no-body": "0" + http("POST", "/login"),
