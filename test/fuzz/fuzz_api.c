@@ -5,7 +5,8 @@
  *
  * LLVMFuzzerInitialize builds what src/main.c's run() builds, as fuzz_admin
  * does: in a temporary directory (on /dev/shm, so that the API's fsync
- * costs nothing), a configuration file with three read-only forwards and
+ * costs nothing), a configuration file with three read-only forwards (on
+ * ports 47101 and 47102 when free, which the seeds' overlaps name) and
  * admin.rules_file naming a rules file with two API rules ("api one",
  * enabled; "api/two%", disabled, a port range, a host name), read by
  * config_load_sources; a ruleset; a one-worker pool (its sockets bound, its
@@ -70,6 +71,11 @@
 
 #include "fuzz_api_common.h"
 
+/* The ports of "web", "ftp" and "api one" when free (make_seeds.py knows them). */
+#define PORT_WEB 47101
+#define PORT_FTP 47102
+#define PORT_ONE 47103
+
 static char dir[96];
 static struct worker_pool *pool;
 static struct fuzz_apply applier;
@@ -111,12 +117,16 @@ static void write_file(const char *path, const char *text)
 		die(path);
 }
 
-/* A port free for TCP and UDP on 127.0.0.1, chosen by the kernel. */
-static unsigned free_port(void)
+/*
+ * A port free for TCP and UDP on 127.0.0.1: preferred (the seeds name it,
+ * for the overlaps they try) when it is free, else one the kernel picks.
+ */
+static unsigned free_port(unsigned preferred)
 {
 	for (int attempt = 0; attempt < 50; attempt++) {
 		int t = socket(AF_INET, SOCK_STREAM, 0), u = socket(AF_INET, SOCK_DGRAM, 0);
 		struct sockaddr_in sin = { .sin_family = AF_INET,
+					   .sin_port = htons(attempt == 0 ? preferred : 0),
 					   .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
 		socklen_t len = sizeof sin;
 		unsigned port = 0;
@@ -348,7 +358,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	snprintf(applier.rules_file, sizeof applier.rules_file, "%s/rules.conf", dir);
 
 	char text[4096];
-	unsigned web = free_port(), ftp = free_port(), one = free_port();
+	unsigned web = free_port(PORT_WEB), ftp = free_port(PORT_FTP), one = free_port(PORT_ONE);
 	snprintf(text, sizeof text,
 		 "log_level = \"error\";\n"
 		 "workers = 1;\n"
@@ -513,6 +523,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	struct api_response out;
 	api_handle(&api, req.method, path, body, rest_len, &out);
+	static int show = -1;
+	if (show < 0)
+		show = getenv("FUZZ_API_SHOW") != NULL;   /* every answer, to check the seeds */
+	if (show)
+		show_response(&out, path);
 
 	/* The status: documented, and the one it must be. */
 	int s = out.status;

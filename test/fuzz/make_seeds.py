@@ -379,6 +379,15 @@ API_SEEDS = {
     "post-name-taken": api(POST, COLLECTION, '{"name":"web","protocol":"tcp","external_port":1,"internal_ip":"1.2.3.4"}'),
     "post-overlap": api(POST, COLLECTION, '{"name":"x","protocol":"udp","external_address":"127.0.0.1",'
                         '"external_port":"40005-40020","internal_ip":"1.2.3.4","enabled":true}'),
+    # fuzz_api's "web" (both) and "api one" (tcp) are on 127.0.0.1:47101 and :47103 when free.
+    "post-overlap-web": api(POST, COLLECTION, '{"name":"x","protocol":"udp","external_port":"47100-47101",'
+                            '"internal_ip":"192.0.2.1","internal_port":"100-101"}'),
+    "post-overlap-one": api(POST, COLLECTION, '{"name":"x","protocol":"tcp","external_address":"127.0.0.1",'
+                            '"external_port":47103,"internal_ip":"192.0.2.1"}'),
+    "post-no-overlap": api(POST, COLLECTION, '{"name":"x","protocol":"udp","external_address":"127.0.0.1",'
+                           '"external_port":47103,"internal_ip":"192.0.2.1"}'),
+    "put-onto-web": api(PUT, ONE, '{"protocol":"tcp","external_address":"0.0.0.0",'
+                        '"external_port":47101,"internal_ip":"192.0.2.1"}'),
     "post-loop": api(POST, COLLECTION, '{"name":"loop","protocol":"tcp","external_address":"127.0.0.1",'
                      '"external_port":23456,"internal_ip":"127.0.0.1","internal_port":23456}'),
     "post-big-numbers": api(POST, COLLECTION, '{"name":"a","protocol":"tcp","external_port":1,'
