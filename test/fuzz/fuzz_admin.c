@@ -33,28 +33,27 @@
  * input went through, most would take a second and the right token would
  * mostly get 429: a few inputs a second, and the pages behind the login
  * barely reached. So on the token endpoint an input that may present any
- * token but the right one (the case-insensitive word "bearer" not followed
- * by " fuzz-token-0123456789" and a line end; or a request to /login with a
- * chunked body, a Content-Length not plainly written, or a '=' in the bytes
- * a Content-Length says are the body that is not that of
- * "token=fuzz-token-0123456789" or of an empty "token=", followed by '&', a
- * line end or the body's end) is skipped
- * (and kept out of the corpus), unless SSSS is all set (one byte-0 value
- * in sixteen) and such inputs have so far taken less than one part in
- * SLOW_SHARE of the run's time, after the first SLOW_FREE_MS (the seeds'
- * go through, and a crash reproduces): weighing by the byte alone is not enough, as one
- * second is worth thousands of fast inputs, and mutations of a slow corpus
- * entry are mostly slow too. Those inputs, at most two such presentations
- * each, take their second (the bound on the close grows by as much), keep
- * the slow path
- * (the timer, the connection half-closed while the answer waits, the
- * delayed 401 of the API and of the login form) under the fuzzer, and cost
- * no credit overall (one wrong token a second at most, as it refills). The
- * prediction errs on the safe side: a right token it cannot see as such
- * (folded, percent-encoded) is only treated as a wrong one; an input that
- * took a wrong token's second all the same is counted in the budget and
- * kept out of the corpus. The 429 path
- * (credit spent) is left to the unit tests (test_admin_auth.c).
+ * token but the right one is skipped (and kept out of the corpus): the
+ * case-insensitive word "bearer" not followed by " fuzz-token-0123456789"
+ * and a line end; or, in a request to /login, a chunked body, a
+ * Content-Length not plainly written, or a '=' in the bytes a Content-Length
+ * says are the body that is not that of "token=fuzz-token-0123456789" or of
+ * an empty "token=" (followed by '&', a line end or the body's end: a length
+ * that cuts the token makes a wrong one). Such an input goes through only
+ * when SSSS is all set (one byte-0 value in sixteen) and such inputs have so
+ * far taken less than one part in SLOW_SHARE of the run's time, after the
+ * first SLOW_FREE_MS (so the seeds' go through, and a crash reproduces).
+ * Weighing by the byte alone is not enough: one second is worth thousands
+ * of fast inputs, and the mutations of a slow corpus entry are mostly slow
+ * too. Those inputs, at most two presentations each, take their second (the
+ * bound on the close grows by as much) and keep the slow path under the
+ * fuzzer (the timer, the connection half-closed while the answer waits, the
+ * delayed 401 of the API and of the login form), at no cost in credit (one
+ * wrong token a second at most, as it refills). The prediction errs on the
+ * safe side: a right token it cannot see as such (folded, percent-encoded)
+ * is only treated as a wrong one; an input that took a wrong token's second
+ * all the same is counted in the budget and kept out of the corpus. The 429
+ * path (credit spent) is left to the unit tests (test_admin_auth.c).
  *
  * Checks beyond the sanitizers:
  *  - the endpoint closes the connection within CLOSE_BOUND_MS of the
