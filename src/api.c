@@ -39,7 +39,7 @@ static void api_error(struct api_response *out, int status, const char *field, c
 	out->status = status;
 	out->body = json_pack("{s:o}", "error", api_rule_text(message));
 	if (out->body != NULL && field != NULL && field[0] != '\0')
-		json_object_set_new(out->body, "field", json_string(field));
+		json_object_set_new(out->body, "field", api_rule_text(field));
 }
 
 /* 0 with the path split, -1 for a path that is no rule's (404). */

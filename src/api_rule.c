@@ -16,13 +16,31 @@ static const char *const api_rule_output_fields[] = { "read_only", "origin", "co
 static void api_rule_fail(struct api_rule_error *error, const char *field, const char *fmt,
 			  ...) __attribute__((format(printf, 3, 4)));
 
+/*
+ * Copies text into out (size bytes with its NUL), cut short if need be at
+ * the start of a UTF-8 character, never inside one: a name cut in the
+ * middle of a character would not be UTF-8, and JSON could not carry it.
+ */
+static void api_rule_copy_whole_chars(char *out, size_t size, const char *text)
+{
+	size_t len = strlen(text);
+	if (len >= size) {
+		len = size - 1;
+		/* Back to the first byte of the character that would be cut. */
+		while (len > 0 && ((unsigned char)text[len] & 0xc0) == 0x80)
+			len--;
+	}
+	memcpy(out, text, len);
+	out[len] = '\0';
+}
+
 static void api_rule_fail(struct api_rule_error *error, const char *field, const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
 	vsnprintf(error->message, sizeof error->message, fmt, ap);
 	va_end(ap);
-	snprintf(error->field, sizeof error->field, "%s", field);
+	api_rule_copy_whole_chars(error->field, sizeof error->field, field);
 }
 
 json_t *api_rule_parse(const char *body, size_t len, struct api_rule_error *error)
@@ -115,9 +133,12 @@ static int api_rule_add_field(config_setting_t *group, const char *key, const js
 	case JSON_NULL:
 		return 0;
 	case JSON_OBJECT:
-	default:
-		api_rule_fail(error, key, "%s must be a string, a number, true or false, or a "
-			      "list of strings, not an object", key);
+	default: {
+		char shown[CONFIG_NAME_MAX];
+		api_rule_copy_whole_chars(shown, sizeof shown, key);
+		api_rule_fail(error, shown, "%s must be a string, a number, true or false, or a "
+			      "list of strings, not an object", shown);
+	}
 		return -2;
 	}
 }
@@ -138,7 +159,7 @@ int api_rule_fill_group(const json_t *rule, config_setting_t *group, struct api_
 		if (rc < 0) {
 			/* libconfig refuses names it cannot hold: none is a field of the file. */
 			char shown[CONFIG_NAME_MAX];
-			snprintf(shown, sizeof shown, "%s", key);
+			api_rule_copy_whole_chars(shown, sizeof shown, key);
 			for (char *p = shown; *p != '\0'; p++)
 				if ((unsigned char)*p < 0x20 || *p == 0x7f)
 					*p = '?';
