@@ -72,8 +72,6 @@ struct relay_options {
 	 * each other; counted when a connection or flow opens and closes.
 	 */
 	struct source_table *sources;  /* per-source counts */
-	/* UDP ports draining forwards still hold, in any worker (port_claims.h). */
-	struct port_claims *udp_draining;
 	atomic_uint *tcp_open_total;   /* TCP sessions open in every worker */
 	unsigned max_connections;
 	atomic_uint *udp_flows_total;  /* UDP flows open in every worker */
@@ -89,6 +87,11 @@ struct relay_options {
 	unsigned fd_spare;
 	unsigned fd_reserve;
 	bool tcp_unbudgeted;           /* an explicit max_connections: TCP's only bound */
+	/*
+	 * UDP ports draining forwards still hold, in any worker (port_claims.h).
+	 * Last: only reloads read it, and the fields above are the data path's.
+	 */
+	struct port_claims *udp_draining;
 };
 
 /*
