@@ -215,74 +215,12 @@ static void write_file(const char *path, const char *text)
 		die(path);
 }
 
-/* A port free for TCP and UDP on 127.0.0.1, chosen by the kernel. */
-static unsigned free_port(void)
-{
-	for (int attempt = 0; attempt < 50; attempt++) {
-		int t = socket(AF_INET, SOCK_STREAM, 0), u = socket(AF_INET, SOCK_DGRAM, 0);
-		struct sockaddr_in sin = { .sin_family = AF_INET,
-					   .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-		socklen_t len = sizeof sin;
-		unsigned port = 0;
-		if (t >= 0 && u >= 0 && bind(t, (struct sockaddr *)&sin, sizeof sin) == 0 &&
-		    getsockname(t, (struct sockaddr *)&sin, &len) == 0 &&
-		    bind(u, (struct sockaddr *)&sin, sizeof sin) == 0)
-			port = ntohs(sin.sin_port);
-		if (t >= 0)
-			close(t);
-		if (u >= 0)
-			close(u);
-		if (port != 0)
-			return port;
-	}
-	die("no free port");
-	return 0;
-}
-
-/* A directory of the target's and the files in it. */
-static void remove_dir(const char *d)
-{
-	DIR *dd = opendir(d);
-	struct dirent *e;
-	char path[400];
-	while (dd != NULL && (e = readdir(dd)) != NULL) {
-		if (e->d_name[0] == '.')
-			continue;
-		snprintf(path, sizeof path, "%s/%s", d, e->d_name);
-		unlink(path);
-	}
-	if (dd != NULL)
-		closedir(dd);
-	rmdir(d);
-}
-
-/*
- * A run that crashed (a broken check aborts) leaves its directory behind:
- * those of processes that are gone, BASE/portrelay-fuzz-admin.PID.*, go.
- */
-static void remove_stale_dirs(const char *base)
-{
-	DIR *d = opendir(base);
-	struct dirent *e;
-	while (d != NULL && (e = readdir(d)) != NULL) {
-		long pid;
-		char rest[32], path[300];
-		if (sscanf(e->d_name, "portrelay-fuzz-admin.%ld.%31s", &pid, rest) != 2 || pid <= 0 ||
-		    kill((pid_t)pid, 0) == 0 || errno != ESRCH)
-			continue;
-		snprintf(path, sizeof path, "%s/%s", base, e->d_name);
-		remove_dir(path);
-	}
-	if (d != NULL)
-		closedir(d);
-}
-
 static void cleanup(void)
 {
 	for (int i = 0; i < ENDPOINTS; i++)
 		admin_free(admins[i]);
 	worker_pool_free(pool);
-	remove_dir(dir);
+	fuzz_remove_dir(dir);
 }
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
@@ -295,7 +233,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	/* tmpfs: the API fsyncs every candidate it writes. */
 	struct stat st;
 	const char *base = stat("/dev/shm", &st) == 0 && S_ISDIR(st.st_mode) ? "/dev/shm" : "/tmp";
-	remove_stale_dirs(base);
+	fuzz_remove_stale_dirs(base, "portrelay-fuzz-admin");
 	snprintf(dir, sizeof dir, "%s/portrelay-fuzz-admin.%ld.XXXXXX", base, (long)getpid());
 	if (mkdtemp(dir) == NULL)
 		die("mkdtemp");
@@ -307,8 +245,10 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	char token_path[160], text[4096];
 	snprintf(token_path, sizeof token_path, "%s/token", dir);
 	write_file(token_path, TOKEN "\n");
-	unsigned web = free_port(), ftp = free_port(), one = free_port();
-	tcp_port = free_port();
+	unsigned web = fuzz_free_port(0), ftp = fuzz_free_port(0), one = fuzz_free_port(0);
+	tcp_port = fuzz_free_port(0);
+	if (web == 0 || ftp == 0 || one == 0 || tcp_port == 0)
+		die("no free port");
 	snprintf(text, sizeof text,
 		 "log_level = \"error\";\n"
 		 "workers = 1;\n"

@@ -117,73 +117,11 @@ static void write_file(const char *path, const char *text)
 		die(path);
 }
 
-/*
- * A port free for TCP and UDP on 127.0.0.1: preferred (the seeds name it,
- * for the overlaps they try) when it is free, else one the kernel picks.
- */
-static unsigned free_port(unsigned preferred)
-{
-	for (int attempt = 0; attempt < 50; attempt++) {
-		int t = socket(AF_INET, SOCK_STREAM, 0), u = socket(AF_INET, SOCK_DGRAM, 0);
-		struct sockaddr_in sin = { .sin_family = AF_INET,
-					   .sin_port = htons(attempt == 0 ? preferred : 0),
-					   .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-		socklen_t len = sizeof sin;
-		unsigned port = 0;
-		if (t >= 0 && u >= 0 && bind(t, (struct sockaddr *)&sin, sizeof sin) == 0 &&
-		    getsockname(t, (struct sockaddr *)&sin, &len) == 0 &&
-		    bind(u, (struct sockaddr *)&sin, sizeof sin) == 0)
-			port = ntohs(sin.sin_port);
-		if (t >= 0)
-			close(t);
-		if (u >= 0)
-			close(u);
-		if (port != 0)
-			return port;
-	}
-	die("no free port");
-	return 0;
-}
-
-static void remove_dir(const char *d)
-{
-	DIR *dd = opendir(d);
-	struct dirent *e;
-	char path[400];
-	while (dd != NULL && (e = readdir(dd)) != NULL) {
-		if (e->d_name[0] == '.')
-			continue;
-		snprintf(path, sizeof path, "%s/%s", d, e->d_name);
-		unlink(path);
-	}
-	if (dd != NULL)
-		closedir(dd);
-	rmdir(d);
-}
-
-/* Directories of runs that crashed (a broken check aborts), their process gone. */
-static void remove_stale_dirs(const char *base)
-{
-	DIR *d = opendir(base);
-	struct dirent *e;
-	while (d != NULL && (e = readdir(d)) != NULL) {
-		long pid;
-		char rest[32], path[300];
-		if (sscanf(e->d_name, "portrelay-fuzz-api.%ld.%31s", &pid, rest) != 2 || pid <= 0 ||
-		    kill((pid_t)pid, 0) == 0 || errno != ESRCH)
-			continue;
-		snprintf(path, sizeof path, "%s/%s", base, e->d_name);
-		remove_dir(path);
-	}
-	if (d != NULL)
-		closedir(d);
-}
-
 static void cleanup(void)
 {
 	worker_pool_free(pool);
 	config_free(&ref);
-	remove_dir(dir);
+	fuzz_remove_dir(dir);
 }
 
 /* A forward of cfg by name: from the rules file (api) or any; NULL if none. */
@@ -350,7 +288,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	log_set_level(LOG_LEVEL_ERROR);
 	struct stat st;
 	const char *base = stat("/dev/shm", &st) == 0 && S_ISDIR(st.st_mode) ? "/dev/shm" : "/tmp";
-	remove_stale_dirs(base);
+	fuzz_remove_stale_dirs(base, "portrelay-fuzz-api");
 	snprintf(dir, sizeof dir, "%s/portrelay-fuzz-api.%ld.XXXXXX", base, (long)getpid());
 	if (mkdtemp(dir) == NULL)
 		die("mkdtemp");
@@ -358,7 +296,9 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	snprintf(applier.rules_file, sizeof applier.rules_file, "%s/rules.conf", dir);
 
 	char text[4096];
-	unsigned web = free_port(PORT_WEB), ftp = free_port(PORT_FTP), one = free_port(PORT_ONE);
+	unsigned web = fuzz_free_port(PORT_WEB), ftp = fuzz_free_port(PORT_FTP), one = fuzz_free_port(PORT_ONE);
+	if (web == 0 || ftp == 0 || one == 0)
+		die("no free port");
 	snprintf(text, sizeof text,
 		 "log_level = \"error\";\n"
 		 "workers = 1;\n"

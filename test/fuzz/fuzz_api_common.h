@@ -34,13 +34,18 @@
 #ifndef PORTRELAY_FUZZ_API_COMMON_H
 #define PORTRELAY_FUZZ_API_COMMON_H
 
+#include <arpa/inet.h>
 #include <dirent.h>
+#include <errno.h>
 #include <netdb.h>
+#include <netinet/in.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include "portrelay/api.h"
 #include "portrelay/config.h"
@@ -239,6 +244,74 @@ static long fuzz_read_file(const char *path, char *buf, size_t len)
 	size_t n = fread(buf, 1, len, f);
 	fclose(f);
 	return (long)n;
+}
+
+
+/*
+ * A port free for TCP and UDP on 127.0.0.1: preferred when it is free
+ * (0: none), else one the kernel picks; 0 when none could be had.
+ */
+static inline unsigned fuzz_free_port(unsigned preferred)
+{
+	for (int attempt = 0; attempt < 50; attempt++) {
+		int t = socket(AF_INET, SOCK_STREAM, 0), u = socket(AF_INET, SOCK_DGRAM, 0);
+		struct sockaddr_in sin = { .sin_family = AF_INET,
+					   .sin_port = htons(attempt == 0 ? preferred : 0),
+					   .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+		socklen_t len = sizeof sin;
+		unsigned port = 0;
+		if (t >= 0 && u >= 0 && bind(t, (struct sockaddr *)&sin, sizeof sin) == 0 &&
+		    getsockname(t, (struct sockaddr *)&sin, &len) == 0 &&
+		    bind(u, (struct sockaddr *)&sin, sizeof sin) == 0)
+			port = ntohs(sin.sin_port);
+		if (t >= 0)
+			close(t);
+		if (u >= 0)
+			close(u);
+		if (port != 0)
+			return port;
+	}
+	return 0;
+}
+
+/* A directory of the target's and the files in it. */
+static inline void fuzz_remove_dir(const char *d)
+{
+	DIR *dd = opendir(d);
+	struct dirent *e;
+	char path[400];
+	while (dd != NULL && (e = readdir(dd)) != NULL) {
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof path, "%s/%s", d, e->d_name);
+		unlink(path);
+	}
+	if (dd != NULL)
+		closedir(dd);
+	rmdir(d);
+}
+
+/*
+ * A run that crashed (a broken check aborts) leaves its directory behind:
+ * those of processes that are gone, BASE/PREFIX.PID.*, go.
+ */
+static inline void fuzz_remove_stale_dirs(const char *base, const char *prefix)
+{
+	DIR *d = opendir(base);
+	struct dirent *e;
+	size_t prefix_len = strlen(prefix);
+	while (d != NULL && (e = readdir(d)) != NULL) {
+		long pid;
+		char rest[32], path[300];
+		if (strncmp(e->d_name, prefix, prefix_len) != 0 || e->d_name[prefix_len] != '.' ||
+		    sscanf(e->d_name + prefix_len + 1, "%ld.%31s", &pid, rest) != 2 || pid <= 0 ||
+		    kill((pid_t)pid, 0) == 0 || errno != ESRCH)
+			continue;
+		snprintf(path, sizeof path, "%s/%s", base, e->d_name);
+		fuzz_remove_dir(path);
+	}
+	if (d != NULL)
+		closedir(d);
 }
 
 #endif
