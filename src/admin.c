@@ -189,7 +189,6 @@ static void admin_reply_json(struct evhttp_request *req, int code, json_t *value
 		return;
 	}
 	size_t len = strlen(text);
-	text[len] = '\0';
 	struct evbuffer *body = evbuffer_new();
 	if (body == NULL || evbuffer_add(body, text, len) < 0 || evbuffer_add(body, "\n", 1) < 0) {
 		if (body != NULL)
@@ -332,12 +331,9 @@ static void admin_wrong_token(struct admin *admin, struct evhttp_request *req, b
 {
 	char peer[INET6_ADDRSTRLEN + 16];
 	admin_peer(req, peer, sizeof peer);
-	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
-	const char *path = uri != NULL ? evhttp_uri_get_path(uri) : NULL;
 	log_warn(NULL, "admin: wrong token from %s (%s; %llu so far); answered after %g s",
 		 peer, login ? "login form" : "bearer header",
 		 (unsigned long long)admin->auth.wrong_tokens, ADMIN_WRONG_TOKEN_DELAY);
-	(void)path;
 	struct admin_delayed *delayed = admin->delayed_count < ADMIN_DELAYED_MAX
 						? calloc(1, sizeof *delayed) : NULL;
 	struct evhttp_connection *conn = evhttp_request_get_connection(req);
