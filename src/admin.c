@@ -609,9 +609,15 @@ static void admin_on_request(struct evhttp_request *req, void *arg)
 	admin_security_headers(req);
 	if (path == NULL)
 		path = "";
-	/* A Unix socket is out of a web page's reach: no rebinding to fear there. */
-	if (!admin_auth_required(&admin->auth) && admin->unix_path[0] == '\0' && host != NULL &&
-	    !admin_auth_host_is_address(host)) {
+	/*
+	 * DNS rebinding: a web page under a name made to resolve to 127.0.0.1
+	 * must not drive a token-less endpoint. A Unix socket is out of a web
+	 * page's reach; /metrics and /status, read-only counters, stay open to
+	 * any scraper as they always were.
+	 */
+	bool scrape = reads && (admin_is(path, "/metrics") || admin_is(path, "/status"));
+	if (!admin_auth_required(&admin->auth) && admin->unix_path[0] == '\0' && !scrape &&
+	    host != NULL && !admin_auth_host_is_address(host)) {
 		admin_reply_error(req, 403, "this endpoint answers only to an IP address or "
 				  "localhost in the Host header");
 		return;
