@@ -103,11 +103,17 @@
 #include "portrelay/worker.h"
 #include "portrelay/www.h"
 
-#include "fuzz_api_common.h"
-
 /* The answer being checked (NULL: none yet), shown when a check breaks. */
 static const char *shown_ans;
 static size_t shown_len;
+static void show_answer(const char *ans, size_t len);
+#define FUZZ_CHECK_SHOW()                                                                \
+	do {                                                                             \
+		if (shown_ans != NULL)                                                   \
+			show_answer(shown_ans, shown_len);                               \
+	} while (0)
+
+#include "fuzz_api_common.h"
 
 /* The first bytes of the answer, escaped, for the report of a broken check. */
 static void show_answer(const char *ans, size_t len)
@@ -123,17 +129,6 @@ static void show_answer(const char *ans, size_t len)
 	fprintf(stderr, "\"%s\n", len > 2000 ? "..." : "");
 }
 
-#undef CHECK
-#define CHECK(cond)                                                                      \
-	do {                                                                             \
-		if (!(cond)) {                                                           \
-			fprintf(stderr, "%s:%d: invariant broken: %s\n", __FILE__, __LINE__, \
-				#cond);                                                  \
-			if (shown_ans != NULL)                                           \
-				show_answer(shown_ans, shown_len);                       \
-			abort();                                                         \
-		}                                                                        \
-	} while (0)
 
 #define TOKEN "fuzz-token-0123456789"
 /* Far above what an answer takes (well under a millisecond), far below -timeout. */

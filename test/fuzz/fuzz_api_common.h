@@ -52,16 +52,7 @@
 #include "portrelay/reload.h"
 #include "config_internal.h"
 
-#ifndef CHECK
-#define CHECK(cond)                                                                      \
-	do {                                                                             \
-		if (!(cond)) {                                                           \
-			fprintf(stderr, "%s:%d: invariant broken: %s\n", __FILE__, __LINE__, \
-				#cond);                                                  \
-			abort();                                                         \
-		}                                                                        \
-	} while (0)
-#endif
+#include "fuzz_check.h"
 
 /* ---- the resolver ----------------------------------------------------- */
 

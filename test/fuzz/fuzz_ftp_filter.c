@@ -46,14 +46,7 @@
 #define OUT_BOUND (2 * FTP_LINE_MAX + 4 * FTP_LINE_MAX)
 #define MAX_STEPS 4096
 
-#define CHECK(cond)                                                                      \
-	do {                                                                             \
-		if (!(cond)) {                                                           \
-			fprintf(stderr, "%s:%d: invariant broken: %s\n", __FILE__, __LINE__, \
-				#cond);                                                  \
-			abort();                                                         \
-		}                                                                        \
-	} while (0)
+#include "fuzz_check.h"
 
 struct bytes {
 	unsigned char *data;
