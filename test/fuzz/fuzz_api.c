@@ -106,15 +106,12 @@ static struct {
 
 static void die(const char *what)
 {
-	fprintf(stderr, "fuzz_api setup: %s: %s\n", what, strerror(errno));
-	exit(1);
+	fuzz_die("fuzz_api", what);
 }
 
 static void write_file(const char *path, const char *text)
 {
-	FILE *f = fopen(path, "w");
-	if (f == NULL || fputs(text, f) < 0 || fclose(f) != 0)
-		die(path);
+	fuzz_write_file("fuzz_api", path, text);
 }
 
 static void cleanup(void)

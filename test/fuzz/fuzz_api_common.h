@@ -238,6 +238,21 @@ static long fuzz_read_file(const char *path, char *buf, size_t len)
 }
 
 
+/* Set-up failed: say what, and stop (no input has run yet). */
+static inline void fuzz_die(const char *target, const char *what)
+{
+	fprintf(stderr, "%s setup: %s: %s\n", target, what, strerror(errno));
+	exit(1);
+}
+
+/* A whole file written, or fuzz_die. */
+static inline void fuzz_write_file(const char *target, const char *path, const char *text)
+{
+	FILE *f = fopen(path, "w");
+	if (f == NULL || fputs(text, f) < 0 || fclose(f) != 0)
+		fuzz_die(target, path);
+}
+
 /*
  * A port free for TCP and UDP on 127.0.0.1: preferred when it is free
  * (0: none), else one the kernel picks; 0 when none could be had.
