@@ -67,7 +67,7 @@ from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'integration'))
-from itest_lib import Relay, check, failures, free_port, tcp_echo_server, udp_echo_server  # noqa: E402
+from itest_lib import Relay, check, failures, free_port, tcp_echo_server, tcp_server, udp_echo_server  # noqa: E402
 
 WAIT = 15.0           # bounds a wait for the page (a hang, not a latency)
 XSS_NAME = '<img src=x onerror=alert(1)>'
@@ -88,10 +88,6 @@ def need(cond, what):
 def tagged_server(tag):
     """A TCP server on 127.0.0.1 that reads to EOF and answers TAG + what it read;
     returns its port."""
-    lsock = socket.socket()
-    lsock.bind(('127.0.0.1', 0))
-    lsock.listen(64)
-
     def serve(conn):
         with conn:
             data = b''
@@ -107,13 +103,7 @@ def tagged_server(tag):
                 conn.sendall(tag + data)
             except OSError:
                 pass
-
-    def loop():
-        while True:
-            conn, _ = lsock.accept()
-            threading.Thread(target=serve, args=(conn,), daemon=True).start()
-    threading.Thread(target=loop, daemon=True).start()
-    return lsock.getsockname()[1]
+    return tcp_server(serve)
 
 
 def tcp_exchange(port, payload):

@@ -65,7 +65,8 @@ import threading
 import time
 import urllib.parse
 
-from itest_lib import check, failures, tcp_echo_server, udp_echo_server
+from itest_lib import (check, failures, free_port, taken_ports as _taken, tcp_echo_server,
+                       tcp_server, udp_echo_server)
 
 BIN = os.environ.get('PORTRELAY_BIN')
 QUIET = os.environ.get('PORTRELAY_TEST_QUIET') == '1'
@@ -87,10 +88,6 @@ class Abort(Exception):
 def require(cond, what):
     if not check(cond, what):
         raise Abort(what)
-
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from itest_lib import free_port, taken_ports as _taken  # noqa: E402
 
 
 def free_range(width):
@@ -121,11 +118,6 @@ def free_range(width):
 def banner_echo_server(tag, port=0):
     """A TCP server that sends TAG and a newline on accept, then echoes; returns its port.
     The banner tells a client which server a forward reached."""
-    lsock = socket.socket()
-    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    lsock.bind(('127.0.0.1', port))
-    lsock.listen(512)
-
     def serve(conn):
         with conn:
             try:
@@ -137,13 +129,7 @@ def banner_echo_server(tag, port=0):
                     conn.sendall(data)
             except OSError:
                 return
-
-    def loop():
-        while True:
-            conn, _ = lsock.accept()
-            threading.Thread(target=serve, args=(conn,), daemon=True).start()
-    threading.Thread(target=loop, daemon=True).start()
-    return lsock.getsockname()[1]
+    return tcp_server(serve, port=port)
 
 
 def udp_echo_logged():

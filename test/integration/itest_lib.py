@@ -48,12 +48,24 @@ def free_port():
     raise RuntimeError('no free port')
 
 
-def tcp_echo_server(host='127.0.0.1'):
-    """A TCP echo server in a thread; returns its port."""
+def tcp_server(serve, host='127.0.0.1', port=0):
+    """A TCP server in a thread: serve(conn) for each connection, in a thread of its
+    own; returns its port (port 0: the kernel picks)."""
     lsock = socket.socket()
-    lsock.bind((host, 0))
+    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lsock.bind((host, port))
     lsock.listen(512)
 
+    def loop():
+        while True:
+            conn, _ = lsock.accept()
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+    threading.Thread(target=loop, daemon=True).start()
+    return lsock.getsockname()[1]
+
+
+def tcp_echo_server(host='127.0.0.1'):
+    """A TCP echo server in a thread; returns its port."""
     def serve(conn):
         with conn:
             while True:
@@ -64,13 +76,7 @@ def tcp_echo_server(host='127.0.0.1'):
                 if not data:
                     return
                 conn.sendall(data)
-
-    def loop():
-        while True:
-            conn, _ = lsock.accept()
-            threading.Thread(target=serve, args=(conn,), daemon=True).start()
-    threading.Thread(target=loop, daemon=True).start()
-    return lsock.getsockname()[1]
+    return tcp_server(serve, host)
 
 
 def udp_echo_server():
