@@ -13,7 +13,7 @@ import tempfile
 import threading
 
 from admission_test import conf, forward
-from itest_lib import Relay, check, failures, free_port
+from itest_lib import Relay, check, exit_status, free_port
 
 BIN = os.environ.get('PORTRELAY_BIN')
 # What a hostile peer might send, hoping to forge or colour a log line.
@@ -102,10 +102,7 @@ def main():
                   'nothing the peers sent reaches the log')
         finally:
             check(relay.stop() == 0, 'the relay exits 0')
-    if failures:
-        print('%d check(s) failed' % len(failures))
-        return 1
-    return 0
+    return exit_status()
 
 
 if __name__ == '__main__':

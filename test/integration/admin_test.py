@@ -23,7 +23,7 @@ import threading
 import time
 import urllib.request
 
-from itest_lib import (check, failures, free_port, http_get, sample, tcp_echo_server,
+from itest_lib import (check, exit_status, failures, free_port, http_get, sample, tcp_echo_server,
                        udp_echo_server)
 
 BIN = os.environ.get('PORTRELAY_BIN')
@@ -417,10 +417,7 @@ def main():
             test(tmp)
             if which == 'prometheus' and not shutil.which('prometheus') and not REQUIRED:
                 skipped = before == len(failures)
-    if failures:
-        print(f'{len(failures)} check(s) failed:\n  ' + '\n  '.join(failures))
-        return 1
-    return SKIP if skipped else 0
+    return exit_status() or (SKIP if skipped else 0)
 
 
 if __name__ == '__main__':

@@ -35,7 +35,7 @@ import tempfile
 import threading
 import time
 
-from itest_lib import Relay, check, failures, free_port, tcp_echo_server, udp_echo_server
+from itest_lib import Relay, check, echoes, exit_status, free_port, tcp_echo_server, udp_echo_server
 
 BIN = os.environ.get('PORTRELAY_BIN')
 SKIP = 77
@@ -49,21 +49,6 @@ def connect_from(source, port):
     s.bind((source, 0))
     s.connect(('127.0.0.1', port))
     return s
-
-
-def echoes(sock, payload=b'ping'):
-    """Whether the connection relays: the echo comes back (False on reset or EOF)."""
-    try:
-        sock.sendall(payload)
-        got = b''
-        while len(got) < len(payload):
-            chunk = sock.recv(len(payload) - len(got))
-            if not chunk:
-                return False
-            got += chunk
-        return got == payload
-    except OSError:
-        return False
 
 
 def refused(source, port):
@@ -614,12 +599,7 @@ def main():
                 test(tmp)
             except Exception as e:      # a step failed in a way the test did not expect
                 check(False, '%s: %r' % (test.__name__, e))
-    if failures:
-        print('%d check(s) failed:' % len(failures))
-        for f in failures:
-            print('  ' + f)
-        return 1
-    return 0
+    return exit_status()
 
 
 if __name__ == '__main__':

@@ -65,7 +65,7 @@ import threading
 import time
 import urllib.parse
 
-from itest_lib import (check, failures, free_port, taken_ports as _taken, tcp_echo_server,
+from itest_lib import (check, exit_status, free_port, taken_ports as _taken, tcp_echo_server,
                        tcp_server, udp_echo_server)
 
 BIN = os.environ.get('PORTRELAY_BIN')
@@ -1655,11 +1655,10 @@ def main():
             except Abort as e:
                 print(f'ABORT  {name}: {e}', flush=True)
             print(f'   {name}: {time.monotonic() - t0:.1f} s', flush=True)
-    if failures:
-        print(f'{len(failures)} check(s) failed:\n  ' + '\n  '.join(failures))
-        return 1
-    print('all checks passed')
-    return 0
+    status = exit_status()
+    if status == 0:
+        print('all checks passed')
+    return status
 
 
 if __name__ == '__main__':

@@ -25,6 +25,16 @@ def check(cond, what):
     return cond
 
 
+def exit_status():
+    """A test's exit status: 0, or 1 after listing the checks that failed."""
+    if not failures:
+        return 0
+    print('%d check(s) failed:' % len(failures))
+    for what in failures:
+        print('  ' + what)
+    return 1
+
+
 # Ports free_port has handed out in this process: the relay may hold one only later.
 taken_ports = set()
 
@@ -77,6 +87,36 @@ def tcp_echo_server(host='127.0.0.1'):
                     return
                 conn.sendall(data)
     return tcp_server(serve, host)
+
+
+def echoes(sock, payload=b'ping'):
+    """Whether the connection relays: the echo of payload comes back (False on a reset
+    or EOF)."""
+    try:
+        sock.sendall(payload)
+        got = b''
+        while len(got) < len(payload):
+            chunk = sock.recv(len(payload) - len(got))
+            if not chunk:
+                return False
+            got += chunk
+        return got == payload
+    except OSError:
+        return False
+
+
+def proc_fds(pid):
+    """How many descriptors process pid holds."""
+    return len(os.listdir('/proc/%d/fd' % pid))
+
+
+def proc_rss_kib(pid):
+    """Process pid's resident memory (VmRSS), KiB; -1 if unknown."""
+    with open('/proc/%d/status' % pid) as f:
+        for line in f:
+            if line.startswith('VmRSS:'):
+                return int(line.split()[1])
+    return -1
 
 
 def udp_echo_server():
@@ -178,14 +218,10 @@ class Relay:
             return True
 
     def fds(self):
-        return len(os.listdir('/proc/%d/fd' % self.proc.pid))
+        return proc_fds(self.proc.pid)
 
     def rss_kib(self):
-        with open('/proc/%d/status' % self.proc.pid) as f:
-            for line in f:
-                if line.startswith('VmRSS:'):
-                    return int(line.split()[1])
-        return -1
+        return proc_rss_kib(self.proc.pid)
 
     def stop(self, graceful=False):
         """Its exit status; graceful: one SIGINT (open connections may finish for

@@ -44,7 +44,7 @@ import threading
 import time
 
 import itest_lib
-from itest_lib import check, failures, free_port
+from itest_lib import check, exit_status, free_port
 
 BIN = os.environ.get('PORTRELAY_BIN')
 SKIP = 77
@@ -961,12 +961,7 @@ def main():
             except Exception as e:      # a step failed in a way the test did not expect
                 check(False, '%s: %r' % (test.__name__, e))
     print('proxy_test %s: %.1f s' % (part, time.monotonic() - t0))
-    if failures:
-        print('%d check(s) failed:' % len(failures))
-        for f in failures:
-            print('  ' + f)
-        return 1
-    return 0
+    return exit_status()
 
 
 if __name__ == '__main__':

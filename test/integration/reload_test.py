@@ -34,25 +34,17 @@ import time
 import urllib.error
 import urllib.request
 
-from itest_lib import free_port, sample
+from itest_lib import check, echoes, exit_status, failures, free_port, sample
 
 BIN = os.environ.get('PORTRELAY_BIN')
 QUIET = os.environ.get('PORTRELAY_TEST_QUIET') == '1'
 SKIP = 77
-failures = []
 LINE_TIMEOUT = 15.0      # bounds a wait for one log line (a hang, not a latency)
 IO_TIMEOUT = 10.0        # bounds one socket operation
 
 
 class Abort(Exception):
     """A step the rest of a test depends on did not happen."""
-
-
-def check(cond, what):
-    print(('ok     ' if cond else 'FAILED ') + what, flush=True)
-    if not cond:
-        failures.append(what)
-    return cond
 
 
 def require(cond, what):
@@ -871,7 +863,7 @@ def test_drain_timeout(tmp):
             applied_at[label] = relay_time(line)
         for label, (relay, fw, gone) in relays.items():
             c = conns[label]
-            check(echo_once(c, b'right after'),
+            check(echoes(c, b'right after'),
                   f'{label}: the connection of the removed forward still echoes after applied')
             check(tcp_refused(gone), f'{label}: the removed port refuses new connections')
         # drain: the relay closes the connection about 1 s after the reload.
@@ -893,7 +885,7 @@ def test_drain_timeout(tmp):
         alive = True
         end = applied_at['forever'] + 3.0
         for _ in range(20):
-            alive = echo_once(c, b'still here')
+            alive = echoes(c, b'still here')
             if not alive or time.time() > end:
                 break
             time.sleep(0.5)
@@ -913,20 +905,6 @@ def relay_time(line):
     stamp = line.split()[0].rstrip('Z')
     return datetime.datetime.fromisoformat(stamp).replace(
         tzinfo=datetime.timezone.utc).timestamp()
-
-
-def echo_once(c, payload):
-    try:
-        c.sendall(payload)
-        got = b''
-        while len(got) < len(payload):
-            chunk = c.recv(len(payload) - len(got))
-            if not chunk:
-                return False
-            got += chunk
-        return got == payload
-    except OSError:
-        return False
 
 
 def test_workers_change(tmp):
@@ -1029,10 +1007,7 @@ def main():
                 check(False, f'{test.__name__} stopped: {e}')
             print(f'   {test.__name__}: {time.monotonic() - t0:.1f} s', flush=True)
     print(f'{which}: {time.monotonic() - started:.1f} s', flush=True)
-    if failures:
-        print(f'{len(failures)} check(s) failed:\n  ' + '\n  '.join(failures))
-        return 1
-    return 0
+    return exit_status()
 
 
 if __name__ == '__main__':

@@ -66,7 +66,7 @@ import tempfile
 import threading
 import time
 
-from itest_lib import check, failures, free_port
+from itest_lib import check, exit_status, failures, free_port, proc_fds, proc_rss_kib
 
 BIN = os.environ.get('PORTRELAY_BIN')
 SKIP = 77
@@ -247,14 +247,10 @@ class Relay:
         return sockets, pipes, others
 
     def fds(self):
-        return len(os.listdir('/proc/%d/fd' % self.proc.pid))
+        return proc_fds(self.proc.pid)
 
     def rss_kib(self):
-        with open('/proc/%d/status' % self.proc.pid) as f:
-            for line in f:
-                if line.startswith('VmRSS:'):
-                    return int(line.split()[1])
-        return -1
+        return proc_rss_kib(self.proc.pid)
 
     def stop(self):
         if self.proc.poll() is None:
@@ -691,12 +687,7 @@ def main():
             soak(tmp)
         except Exception as e:      # a step failed in a way the test did not expect
             check(False, 'soak: %r' % (e,))
-    if failures:
-        print('%d check(s) failed:' % len(failures))
-        for f in failures:
-            print('  ' + f)
-        return 1
-    return 0
+    return exit_status()
 
 
 if __name__ == '__main__':
