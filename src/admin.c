@@ -50,8 +50,7 @@ struct admin_delayed {
 };
 
 struct admin {
-	struct worker_pool *pool;
-	struct api api;
+	struct api api;                  /* api.pool: the workers, their rules and counters */
 	struct event_base *base;
 	struct evhttp *http;
 	int fd;                          /* the listening socket, until evhttp owns it */
@@ -103,8 +102,9 @@ static struct metrics_forward *admin_snapshot(struct admin *admin, const struct 
 	process->version = PORTRELAY_VERSION;
 	process->start_time = admin->start_time;
 	process->open_fds = admin_count_open_fds();
-	worker_pool_reloads(admin->pool, &process->reloads_succeeded, &process->reloads_failed);
-	worker_pool_process_counters(admin->pool, &process->counters);
+	worker_pool_reloads(admin->api.pool, &process->reloads_succeeded,
+			    &process->reloads_failed);
+	worker_pool_process_counters(admin->api.pool, &process->counters);
 	struct metrics_forward *forwards = calloc(cfg->forward_count + 1, sizeof *forwards);
 	if (forwards == NULL)
 		return NULL;
@@ -331,7 +331,7 @@ static void admin_wrong_token(struct admin *admin, struct evhttp_request *req, b
 {
 	char peer[INET6_ADDRSTRLEN + 16];
 	admin_peer(req, peer, sizeof peer);
-	log_warn(NULL, "admin: wrong token from %s (%s; %llu so far); answered after %g s",
+	log_warn(NULL, "admin: wrong token from %s (%s; %llu so far); answered after %d s",
 		 peer, login ? "login form" : "bearer header",
 		 (unsigned long long)admin->auth.wrong_tokens, ADMIN_WRONG_TOKEN_DELAY);
 	struct admin_delayed *delayed = admin->delayed_count < ADMIN_DELAYED_MAX
@@ -352,9 +352,7 @@ static void admin_wrong_token(struct admin *admin, struct evhttp_request *req, b
 	admin->delayed = delayed;
 	admin->delayed_count++;
 	evhttp_connection_set_closecb(conn, admin_delayed_on_close, delayed);
-	struct timeval wait = { .tv_sec = (time_t)ADMIN_WRONG_TOKEN_DELAY,
-				.tv_usec = (suseconds_t)((ADMIN_WRONG_TOKEN_DELAY -
-							  (double)(time_t)ADMIN_WRONG_TOKEN_DELAY) * 1e6) };
+	struct timeval wait = { .tv_sec = ADMIN_WRONG_TOKEN_DELAY };
 	evtimer_add(delayed->timer, &wait);
 }
 
@@ -492,7 +490,7 @@ static void admin_logout(struct admin *admin, struct evhttp_request *req)
 static void admin_send_metrics(struct admin *admin, struct evhttp_request *req, bool metrics)
 {
 	struct metrics_process process;
-	struct ruleset *rules = worker_pool_rules(admin->pool);
+	struct ruleset *rules = worker_pool_rules(admin->api.pool);
 	struct metrics_forward *forwards = admin_snapshot(admin, rules, &process);
 	char *text = NULL;
 	size_t len = 0;
@@ -774,7 +772,6 @@ struct admin *admin_open(const struct config *cfg, struct worker_pool *pool,
 	struct admin *admin = calloc(1, sizeof *admin);
 	if (admin == NULL)
 		return NULL;
-	admin->pool = pool;
 	admin->api.pool = pool;
 	admin->api.apply = apply;
 	admin->api.apply_arg = apply_arg;

@@ -84,12 +84,13 @@ static int api_parse_path(const char *path, struct api_path *parsed)
 	return ok ? 0 : -1;
 }
 
-/* The first forward of that name, or NULL. */
-static const struct forward *api_find(const struct config *cfg, const char *name)
+/* The first forward of that name (owned: of admin.rules_file's), or NULL. */
+static const struct forward *api_find(const struct config *cfg, const char *name, bool owned)
 {
 	for (size_t i = 0; i < cfg->forward_count; i++) {
-		if (strcmp(cfg->forwards[i].name, name) == 0)
-			return &cfg->forwards[i];
+		const struct forward *fwd = &cfg->forwards[i];
+		if ((!owned || fwd->from_rules_file) && strcmp(fwd->name, name) == 0)
+			return fwd;
 	}
 	return NULL;
 }
@@ -133,30 +134,22 @@ struct api_change {
 	bool doc_loaded;
 	const struct forward *before; /* the running rule changed, or NULL */
 	struct forward after;         /* what the group reads as */
-	char after_name[CONFIG_NAME_MAX];
 	bool removes;                 /* DELETE */
 };
 
 /* The running rule that the path names, which the API may change; -1 after answering. */
 static int api_changeable(struct api_change *change, const char *name, struct api_response *out)
 {
-	const struct forward *fwd = api_find(&change->rules->cfg, name);
-	if (fwd == NULL) {
+	change->before = api_find(&change->rules->cfg, name, true);
+	if (change->before != NULL)
+		return 0;
+	const struct forward *fwd = api_find(&change->rules->cfg, name, false);
+	if (fwd == NULL)
 		api_error(out, 404, NULL, "no rule named \"%s\"", name);
-		return -1;
-	}
-	for (size_t i = 0; i < change->rules->cfg.forward_count && !fwd->from_rules_file; i++) {
-		const struct forward *other = &change->rules->cfg.forwards[i];
-		if (other->from_rules_file && strcmp(other->name, name) == 0)
-			fwd = other;
-	}
-	if (!fwd->from_rules_file) {
+	else
 		api_error(out, 403, NULL, "rule \"%s\" is read-only: it comes from %s; change it "
 			  "there (and send SIGHUP)", name, fwd->origin);
-		return -1;
-	}
-	change->before = fwd;
-	return 0;
+	return -1;
 }
 
 static int api_load_doc(struct api_change *change, struct api_response *out)
@@ -203,7 +196,6 @@ static int api_check_group(struct api_change *change, config_setting_t *group, c
 		api_error(out, 400, field, "%s", message);
 		return -1;
 	}
-	snprintf(change->after_name, sizeof change->after_name, "%s", change->after.name);
 	return 0;
 }
 
@@ -267,12 +259,7 @@ static int api_apply(struct api_change *change, struct api_response *out)
 static void api_reply_applied(struct api_change *change, int status, struct api_response *out)
 {
 	struct ruleset *now = worker_pool_rules(change->api->pool);
-	const struct forward *fwd = NULL;
-	for (size_t i = 0; i < now->cfg.forward_count; i++) {
-		const struct forward *f = &now->cfg.forwards[i];
-		if (f->from_rules_file && strcmp(f->name, change->after_name) == 0)
-			fwd = f;
-	}
+	const struct forward *fwd = api_find(&now->cfg, change->after.name, true);
 	if (fwd != NULL)
 		api_reply_rule(out, status, fwd, &now->cfg);
 	else
@@ -331,7 +318,7 @@ static void api_put_rule(struct api_change *change, const char *name, const char
 		goto out;
 	api_reply_applied(change, name != NULL ? 200 : 201, out);
 	if (name == NULL && out->status == 201) {
-		char *encoded = evhttp_uriencode(change->after_name, -1, 0);
+		char *encoded = evhttp_uriencode(change->after.name, -1, 0);
 		if (encoded != NULL)
 			snprintf(out->location, sizeof out->location, API_PREFIX "/%s", encoded);
 		free(encoded);
@@ -412,7 +399,7 @@ void api_handle(const struct api *api, enum api_method method, const char *path,
 		else
 			api_not_allowed(out, "POST");
 	} else if (reads) {
-		const struct forward *fwd = api_find(&change.rules->cfg, parsed.name);
+		const struct forward *fwd = api_find(&change.rules->cfg, parsed.name, false);
 		if (fwd != NULL)
 			api_reply_rule(out, 200, fwd, &change.rules->cfg);
 		else

@@ -36,7 +36,7 @@
 #define ADMIN_SESSION_COOKIE "portrelay_session"
 #define ADMIN_GUESS_BURST 10.0
 /* Seconds a wrong token waits for its answer. */
-#define ADMIN_WRONG_TOKEN_DELAY 1.0
+#define ADMIN_WRONG_TOKEN_DELAY 1
 
 struct admin_session {
 	uint8_t id[ADMIN_SESSION_ID_LEN];
