@@ -147,6 +147,8 @@ static void test_counters_per_forward_with_labels(void **state)
 	forwards[0].counters.tcp_connect_refused = 3;
 	forwards[0].counters.tcp_connect_timeout = 4;
 	forwards[1].counters.udp_datagrams_to_client = 9;
+	forwards[1].counters.udp_bytes_to_internal = 640;
+	forwards[1].counters.udp_bytes_to_client = 4096;
 	forwards[1].counters.udp_dropped_table_full = 5;
 	forwards[1].udp_flows_active = 6;
 	char *text = render(metrics_write_prometheus, forwards, 2);
@@ -164,6 +166,10 @@ static void test_counters_per_forward_with_labels(void **state)
 		"portrelay_tcp_connect_failures_total{forward=\"web\",reason=\"other\"} 0\n"));
 	assert_non_null(strstr(text,
 		"portrelay_udp_datagrams_total{forward=\"dns\",direction=\"to_client\"} 9\n"));
+	assert_non_null(strstr(text,
+		"portrelay_udp_bytes_total{forward=\"dns\",direction=\"to_internal\"} 640\n"));
+	assert_non_null(strstr(text,
+		"portrelay_udp_bytes_total{forward=\"dns\",direction=\"to_client\"} 4096\n"));
 	assert_non_null(strstr(text,
 		"portrelay_udp_dropped_datagrams_total{forward=\"dns\",reason=\"table_full\"} 5\n"));
 	assert_non_null(strstr(text, "portrelay_udp_flows_active{forward=\"dns\"} 6\n"));
